@@ -1,0 +1,164 @@
+"""The aiohttp application: routes, error middleware, lifecycle and reload.
+
+Handlers stay thin: they build a `Call`, run it through the pre-resolved chain
+(`proxy.forward`) and write what comes back. Every failure becomes OpenAI error JSON
+in one place, `error_middleware`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from pathlib import Path
+
+from aiohttp import web
+
+from .errors import ConfigError, GatewayError, MethodNotAllowed, NotFound
+from .forward import Forwarder
+from .responses import error_response, request_id_of
+from .runtime import Runtime, load_runtime
+from .types import CHAT, COMPLETIONS, EMBEDDINGS
+
+log = logging.getLogger("relaygate")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class Gateway:
+    """App state: the current runtime and how to reload it. Lives under `GATEWAY`."""
+
+    def __init__(self, config_path: str | Path, extra_plugins: Iterable[tuple[str, object]] = ()) -> None:
+        self.config_path = str(config_path)
+        self.extra_plugins = tuple(extra_plugins)
+        self.runtime: Runtime | None = None
+        self._reload_lock = asyncio.Lock()
+        self._retiring: set[asyncio.Task[None]] = set()
+
+    @property
+    def current(self) -> Runtime:
+        assert self.runtime is not None, "gateway not started"
+        return self.runtime
+
+    async def start(self, preloaded: Runtime | None = None) -> None:
+        runtime = preloaded or await asyncio.to_thread(load_runtime, self.config_path, self.extra_plugins)
+        await runtime.start()
+        self.runtime = runtime
+        if runtime.config.open:
+            log.warning("no clients: section; the gateway is open to anyone who can reach it")
+
+    async def reload(self) -> bool:
+        """Swap in a freshly loaded config; keep the old one if the new one is invalid."""
+        async with self._reload_lock:
+            try:
+                runtime = await asyncio.to_thread(load_runtime, self.config_path, self.extra_plugins)
+                await runtime.start()
+            except ConfigError as exc:
+                log.error("reload of %s refused, keeping the running config:\n%s", self.config_path, exc)
+                return False
+            except Exception:
+                log.exception("reload of %s failed, keeping the running config", self.config_path)
+                return False
+            old, self.runtime = self.runtime, runtime
+            log.info("reloaded %s", self.config_path)
+            if old is not None:
+                task = asyncio.create_task(old.retire())
+                self._retiring.add(task)
+                task.add_done_callback(self._retiring.discard)
+            return True
+
+    async def close(self) -> None:
+        for task in list(self._retiring):
+            await task
+        if self.runtime is not None:
+            await self.runtime.close()
+            self.runtime = None
+
+
+GATEWAY = web.AppKey("gateway", Gateway)
+
+
+# ---------------------------------------------------------------- middleware
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except GatewayError as exc:
+        return error_response(exc, request_id_of(request))
+    except web.HTTPException as exc:  # the router's own 404/405, aiohttp's 413
+        if exc.status == 405:
+            err: GatewayError = MethodNotAllowed(f"{request.method} is not allowed on {request.path}.")
+        elif exc.status == 404:
+            err = NotFound(f"Invalid URL ({request.method} {request.path})", code="unknown_url")
+        else:
+            err = GatewayError(exc.reason, status=exc.status, error_type="invalid_request_error")
+        return error_response(err, request_id_of(request))
+    except (asyncio.CancelledError, ConnectionResetError):
+        raise
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        err = GatewayError("The gateway failed to process the request.", code="internal_error")
+        return error_response(err, request_id_of(request))
+
+
+# ---------------------------------------------------------------- app
+
+
+def _only(method: str, handler: Handler) -> Handler:
+    """A handler for every method that answers 405 (OpenAI-shaped) for the wrong one."""
+
+    async def dispatch(request: web.Request) -> web.StreamResponse:
+        if request.method != method:
+            raise MethodNotAllowed(f"{request.method} is not allowed on {request.path}; use {method}.")
+        return await handler(request)
+
+    return dispatch
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+def create_app(
+    config_path: str | Path,
+    *,
+    extra_plugins: Iterable[tuple[str, object]] = (),
+    runtime: Runtime | None = None,
+    handle_sighup: bool = False,
+) -> web.Application:
+    """The gateway app. `runtime` is a pre-loaded config (the CLI validates before binding)."""
+    app = web.Application(middlewares=[error_middleware], client_max_size=1 << 40)
+    gateway = Gateway(config_path, extra_plugins)
+    app[GATEWAY] = gateway
+    fwd = Forwarder(gateway)
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        await gateway.start(runtime)
+        loop = asyncio.get_running_loop()
+        if handle_sighup:
+            loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(gateway.reload()))
+        yield
+        if handle_sighup:
+            loop.remove_signal_handler(signal.SIGHUP)
+        await gateway.close()
+
+    app.cleanup_ctx.append(lifecycle)
+    r = app.router
+    r.add_get("/healthz", healthz)
+    for prefix in ("/v1", "/openai/v1"):
+        r.add_route("*", f"{prefix}/chat/completions", _only("POST", fwd.model_call(CHAT)))
+        r.add_route("*", f"{prefix}/completions", _only("POST", fwd.model_call(COMPLETIONS)))
+        r.add_route("*", f"{prefix}/embeddings", _only("POST", fwd.model_call(EMBEDDINGS)))
+        r.add_route("*", f"{prefix}/models", _only("GET", fwd.list_models))
+        r.add_route("*", f"{prefix}/models/{{model:.+}}", _only("GET", fwd.get_model))
+    # Azure-style clients: the deployment in the path is the model name.
+    for endpoint in (CHAT, COMPLETIONS, EMBEDDINGS):
+        r.add_route(
+            "*", f"/openai/deployments/{{deployment}}/{endpoint}", _only("POST", fwd.model_call(endpoint))
+        )
+    r.add_route("*", "/openai/models", _only("GET", fwd.list_models))
+    r.add_route("*", "/v1/{tail:.*}", fwd.passthrough)
+    return app

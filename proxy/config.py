@@ -1,0 +1,366 @@
+"""The YAML config: loading with line numbers, `${VAR}` interpolation, validation.
+
+`load_config` either returns a complete, validated `Config` (providers built but not
+started) or raises one `ConfigError` listing every problem as
+`file:line: key.path: what was expected`. Nothing here does network I/O.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+from .options import Locator, Options, format_path
+from .provider import Provider
+from .types import Guardrail
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmg]i?b?|b)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "ki": 1024, "mi": 1024**2, "gi": 1024**3}
+
+
+@dataclass(slots=True, frozen=True)
+class ClientKey:
+    name: str
+    digest: bytes  # sha256 of the key; the key itself is not kept
+    models: tuple[str, ...] | None
+
+
+@dataclass(slots=True, frozen=True)
+class TargetSpec:
+    provider: str
+    model: str | None  # None: the client's model name; may contain "{model}"
+    options: Mapping[str, Any]
+
+
+@dataclass(slots=True, frozen=True)
+class Route:
+    model: str  # glob over client-facing model names
+    targets: tuple[TargetSpec, ...]
+    guardrail: Guardrail | None
+    line: int
+
+    @property
+    def is_glob(self) -> bool:
+        return any(ch in self.model for ch in "*?[")
+
+    def upstream_model(self, spec: TargetSpec, model: str) -> str:
+        return model if spec.model is None else spec.model.replace("{model}", model)
+
+
+@dataclass(slots=True)
+class ServerSettings:
+    host: str = "127.0.0.1"
+    port: int = 8080
+    max_body_size: int = 16 * 1024 * 1024
+    log_level: str = "INFO"
+    trust_request_id: bool = True
+
+
+@dataclass(slots=True)
+class Config:
+    path: str
+    server: ServerSettings
+    clients: tuple[ClientKey, ...] | None  # None: open gateway
+    providers: dict[str, Provider]
+    routes: tuple[Route, ...]
+    plugins_block: tuple[str, ...] = ()
+    plugins_only: tuple[str, ...] | None = None
+    keys_by_digest: dict[bytes, ClientKey] = field(default_factory=dict)
+
+    @property
+    def open(self) -> bool:
+        return self.clients is None
+
+
+# ---------------------------------------------------------------- YAML with lines
+
+
+def _line_map(node: yaml.Node, path: tuple[Any, ...], lines: dict[tuple[Any, ...], int]) -> None:
+    lines[path] = node.start_mark.line + 1
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else str(key_node.value)
+            lines[path + (key,)] = key_node.start_mark.line + 1
+            _line_map(value_node, path + (key,), lines)
+            lines[path + (key,)] = key_node.start_mark.line + 1
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _line_map(item, path + (i,), lines)
+
+
+def _locator(filename: str, lines: dict[tuple[Any, ...], int]) -> Locator:
+    def locate(path: tuple[Any, ...]) -> str:
+        while path and path not in lines:
+            path = path[:-1]
+        return f"{filename}:{lines.get(path, 1)}"
+
+    return locate
+
+
+def _interpolate(value: Any, path: tuple[Any, ...], locate: Locator, problems: list[str]) -> Any:
+    if isinstance(value, str) and "${" in value:
+
+        def sub(m: re.Match[str]) -> str:
+            name, default = m.group(1), m.group(2)
+            env = os.environ.get(name)
+            if env is not None:
+                return env
+            if default is not None:
+                return default
+            problems.append(
+                f"{locate(path)}: {format_path(path)}: environment variable {name} is not set "
+                f"(set it, or write ${{{name}:-default}})"
+            )
+            return ""
+
+        return _VAR.sub(sub, value)
+    if isinstance(value, dict):
+        return {k: _interpolate(v, path + (k,), locate, problems) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_interpolate(v, path + (i,), locate, problems) for i, v in enumerate(value)]
+    return value
+
+
+def read_yaml(path: str | Path) -> tuple[dict[str, Any], Locator]:
+    """Parse and interpolate the file; the locator maps key paths to `file:line`."""
+    filename = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{filename}: cannot read: {exc.strerror or exc}") from exc
+    try:
+        loader = yaml.SafeLoader(text)
+        try:
+            node = loader.get_single_node()
+            data = loader.construct_document(node) if node is not None else {}
+        finally:
+            loader.dispose()
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{filename}:{mark.line + 1}" if mark else filename
+        raise ConfigError(f"{where}: invalid YAML: {getattr(exc, 'problem', None) or exc}") from exc
+    lines: dict[tuple[Any, ...], int] = {}
+    if node is not None:
+        _line_map(node, (), lines)
+    locate = _locator(filename, lines)
+    if not isinstance(data, dict):
+        raise ConfigError(f"{filename}:1: <top>: expected a mapping with server/clients/providers/routes")
+    problems: list[str] = []
+    data = _interpolate(data, (), locate, problems)
+    if problems:
+        raise ConfigError(problems)
+    return data, locate
+
+
+# ---------------------------------------------------------------- sections
+
+
+def parse_size(opts: Options, key: str, default: int) -> int:
+    raw = opts.raw(key)
+    if raw is None:
+        return default
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        return raw
+    m = _SIZE.match(str(raw))
+    if not m:
+        raise opts.error(key, f"expected a size like 16MiB or 1048576, got {raw!r}")
+    unit = (m.group(2) or "").lower().rstrip("b")
+    return int(float(m.group(1)) * _SIZE_UNITS[unit])
+
+
+def _server(opts: Options) -> ServerSettings:
+    s = ServerSettings()
+    s.host = opts.str("host", s.host)
+    s.port = opts.int("port", s.port)
+    s.max_body_size = parse_size(opts, "max_body_size", s.max_body_size)
+    s.log_level = opts.str("log_level", s.log_level, choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    s.trust_request_id = opts.bool("trust_request_id", s.trust_request_id)
+    opts.check_unused()
+    return s
+
+
+def _clients(opts: Options, problems: list[str]) -> tuple[ClientKey, ...]:
+    entries = opts.raw("keys")
+    opts.check_unused()
+    if not isinstance(entries, list) or not entries:
+        raise opts.error("keys", "expected a non-empty list of {name, key | key_sha256, models}")
+    keys: list[ClientKey] = []
+    seen: set[str] = set()
+    for i, entry in enumerate(entries):
+        item = Options(entry if isinstance(entry, dict) else None, opts.path + ("keys", i), opts._locate)
+        try:
+            if not isinstance(entry, dict):
+                raise item.error(None, "expected a mapping with name and key or key_sha256")
+            name = item.str("name")
+            if name in seen:
+                raise item.error("name", f"duplicate client name {name!r}")
+            seen.add(name)
+            key = item.secret("key")
+            hexdigest = item.str("key_sha256", None)
+            if (key is None) == (hexdigest is None):
+                raise item.error(None, "expected exactly one of key or key_sha256")
+            if key is not None:
+                if not key:
+                    raise item.error("key", "the key is empty")
+                digest = hashlib.sha256(key.encode()).digest()
+            else:
+                if not re.fullmatch(r"[0-9a-fA-F]{64}", hexdigest):
+                    raise item.error("key_sha256", "expected 64 hex digits (sha256 of the key)")
+                digest = bytes.fromhex(hexdigest)
+            models = item.str_list("models", None)
+            item.check_unused()
+            keys.append(ClientKey(name, digest, tuple(models) if models is not None else None))
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+    return tuple(keys)
+
+
+def _guardrail(opts: Options) -> Guardrail:
+    g = Guardrail(
+        id=opts.str("id"),
+        version=str(opts.raw("version") or "") or "DRAFT",
+        trace=opts.str("trace", None, choices=("enabled", "disabled", "enabled_full")),
+        tag_suffix=opts.str("tag_suffix", None),
+        stream_processing_mode=opts.str("stream_processing_mode", None, choices=("sync", "async")),
+    )
+    opts.check_unused()
+    return g
+
+
+def _targets(raw: Any, opts: Options, providers: Mapping[str, Provider]) -> tuple[TargetSpec, ...]:
+    items = raw if isinstance(raw, list) else [raw]
+    if not items:
+        raise opts.error("to", "expected a provider name, a {provider, model} mapping, or a list of them")
+    specs = []
+    for i, item in enumerate(items):
+        path = ("to", i) if isinstance(raw, list) else ("to",)
+        if isinstance(item, str):
+            item = {"provider": item}
+        t = Options(item if isinstance(item, dict) else None, opts.path + path, opts._locate)
+        if not isinstance(item, dict):
+            raise t.error(None, "expected a provider name or a {provider, model} mapping")
+        name = t.str("provider")
+        provider = providers.get(name)
+        if provider is None:
+            known = ", ".join(sorted(providers)) or "none"
+            raise t.error("provider", f"unknown provider {name!r} (defined: {known})")
+        model = t.str("model", None)
+        extras = provider.target_options(t)
+        t.check_unused()
+        specs.append(TargetSpec(name, model, extras))
+    return tuple(specs)
+
+
+def _routes(raw: Any, root: Options, providers: Mapping[str, Provider], problems: list[str]) -> tuple[Route, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise root.error("routes", "expected a list of {model, to} rules")
+    routes = []
+    for i, entry in enumerate(raw):
+        opts = Options(entry if isinstance(entry, dict) else None, ("routes", i), root._locate)
+        try:
+            if not isinstance(entry, dict):
+                raise opts.error(None, "expected a mapping with model and to")
+            pattern = opts.str("model")
+            if "to" not in entry:
+                raise opts.error("to", "required; expected a provider name or a list of targets")
+            targets = _targets(opts.raw("to"), opts, providers)
+            guardrail = _guardrail(opts.block("guardrail")) if "guardrail" in entry else None
+            if guardrail is not None:
+                for spec in targets:
+                    if not providers[spec.provider].supports_guardrails:
+                        raise opts.error(
+                            "guardrail", f"provider {spec.provider!r} (type {providers[spec.provider].type}) "
+                            "cannot apply guardrails"
+                        )
+            opts.check_unused()
+            line = int(root._locate(("routes", i)).rsplit(":", 1)[1])
+            routes.append(Route(pattern, targets, guardrail, line))
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+    return tuple(routes)
+
+
+def _providers(
+    raw: Any, root: Options, types: Mapping[str, type[Provider]], problems: list[str]
+) -> dict[str, Provider]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise root.error("providers", "expected a mapping of name => {type, ...}")
+    providers: dict[str, Provider] = {}
+    for name, block in raw.items():
+        opts = Options(block if isinstance(block, dict) else None, ("providers", name), root._locate)
+        try:
+            if not isinstance(block, dict):
+                raise opts.error(None, "expected a mapping with a type")
+            kind = opts.str("type")
+            cls = types.get(kind)
+            if cls is None:
+                known = ", ".join(sorted(types)) or "none"
+                raise opts.error("type", f"unknown provider type {kind!r} (registered: {known})")
+            provider = cls(str(name), opts)
+            opts.check_unused()
+            providers[str(name)] = provider
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+    return providers
+
+
+_TOP_KEYS = ("server", "clients", "providers", "routes", "plugins")
+
+
+def plugin_selection(path: str | Path) -> tuple[tuple[str, ...], tuple[str, ...] | None]:
+    """The `plugins: {block, only}` lists, read before plugins load (they pick which load)."""
+    data, locate = read_yaml(path)
+    opts = Options(data, (), locate).block("plugins")
+    block = opts.str_list("block", [])
+    only = opts.str_list("only", None)
+    opts.check_unused()
+    return tuple(block), tuple(only) if only is not None else None
+
+
+def load_config(path: str | Path, provider_types: Mapping[str, type[Provider]]) -> Config:
+    data, locate = read_yaml(path)
+    root = Options(data, (), locate)
+    problems: list[str] = []
+    for key in data:
+        if key not in _TOP_KEYS:
+            problems.append(root.error(key, f"unknown top-level key (expected one of {', '.join(_TOP_KEYS)})").problems[0])
+
+    def section(fn: Any, *args: Any) -> Any:
+        try:
+            return fn(*args)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+            return None
+
+    server = section(_server, root.block("server")) or ServerSettings()
+    clients = section(_clients, root.block("clients"), problems) if data.get("clients") is not None else None
+    providers = section(_providers, data.get("providers"), root, provider_types, problems) or {}
+    routes = section(_routes, data.get("routes"), root, providers, problems) or ()
+    selection = section(plugin_selection, path) or ((), None)
+    if problems:
+        raise ConfigError(problems)
+    config = Config(
+        path=str(path),
+        server=server,
+        clients=clients,
+        providers=providers,
+        routes=routes,
+        plugins_block=selection[0],
+        plugins_only=selection[1],
+    )
+    if clients is not None:
+        config.keys_by_digest = {k.digest: k for k in clients}
+    return config

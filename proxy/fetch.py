@@ -1,0 +1,164 @@
+"""Fetching image URLs on a client's behalf, without becoming an SSRF hole.
+
+Providers that cannot take an image URL themselves (Bedrock Converse, Vertex) may fetch
+it when the operator allows it. A URL from a client can point anywhere, so every hop
+(the URL and each redirect) is resolved here, every resolved address is checked against
+private, loopback, link-local, metadata and other non-global ranges, and the request is
+then sent to the checked IP itself (Host header and TLS server name kept), so a DNS
+answer that changes between the check and the connect (rebinding) cannot slip through.
+Size and time are capped; failures are `InvalidRequest`s that say what went wrong.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+
+import aiohttp
+from yarl import URL
+
+from .errors import InvalidRequest
+
+MAX_REDIRECTS = 3
+DEFAULT_MAX_BYTES = 5 * 1024 * 1024
+DEFAULT_TIMEOUT = 10.0
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def sniff_image(data: bytes) -> str | None:
+    """The media type of PNG, JPEG, GIF or WebP bytes, from their magic numbers."""
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image/png"
+    if data.startswith(b"\xff\xd8\xff"):
+        return "image/jpeg"
+    if data.startswith((b"GIF87a", b"GIF89a")):
+        return "image/gif"
+    if len(data) >= 12 and data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    return None
+
+
+def is_public_address(ip: IPAddress) -> bool:
+    """True only for globally routable unicast addresses.
+
+    `is_global` already excludes private, loopback, link-local (169.254.169.254, the
+    cloud metadata address), shared (100.64/10), reserved and unspecified ranges and the
+    ULA range of AWS's IPv6 metadata address; IPv4 addresses hidden inside IPv6
+    (mapped, 6to4, Teredo) are checked as the IPv4 address they carry.
+    """
+    if isinstance(ip, ipaddress.IPv6Address):
+        inner = ip.ipv4_mapped or ip.sixtofour or (ip.teredo[1] if ip.teredo else None)
+        if inner is not None and not is_public_address(inner):
+            return False
+    return ip.is_global and not ip.is_multicast
+
+
+async def _resolve(host: str, port: int, allow_private: bool) -> IPAddress:
+    """The address to connect to; every address the name resolves to must pass."""
+    try:
+        literal: IPAddress | None = ipaddress.ip_address(host)
+    except ValueError:
+        literal = None
+    if literal is not None:
+        addresses = [literal]
+    else:
+        loop = asyncio.get_running_loop()
+        try:
+            infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except OSError as exc:
+            raise InvalidRequest(f"Could not resolve the image URL's host {host!r}.", code="invalid_image_url") from exc
+        addresses = [ipaddress.ip_address(info[4][0].split("%", 1)[0]) for info in infos]
+        if not addresses:
+            raise InvalidRequest(f"Could not resolve the image URL's host {host!r}.", code="invalid_image_url")
+    if not allow_private:
+        for ip in addresses:
+            if not is_public_address(ip):
+                raise InvalidRequest(
+                    f"The image URL's host {host!r} resolves to a private or reserved address; "
+                    "the gateway does not fetch from those.",
+                    code="invalid_image_url",
+                )
+    return addresses[0]
+
+
+def _check_url(url: URL) -> None:
+    if url.scheme not in ("http", "https") or not url.host:
+        raise InvalidRequest("Image URLs must be http(s) URLs or data: URLs.", code="invalid_image_url")
+    if url.user is not None or url.password is not None:
+        raise InvalidRequest("Image URLs must not carry credentials.", code="invalid_image_url")
+
+
+async def _read_capped(resp: aiohttp.ClientResponse, max_bytes: int) -> bytes:
+    length = resp.content_length
+    if length is not None and length > max_bytes:
+        raise InvalidRequest(
+            f"The image at the URL is {length} bytes; the limit is {max_bytes} bytes.", code="image_too_large"
+        )
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in resp.content.iter_chunked(1 << 16):
+        size += len(chunk)
+        if size > max_bytes:
+            raise InvalidRequest(f"The image at the URL exceeds the limit of {max_bytes} bytes.", code="image_too_large")
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+async def _fetch(session: aiohttp.ClientSession, url: URL, max_bytes: int, allow_private: bool) -> bytes:
+    for _hop in range(MAX_REDIRECTS + 1):
+        _check_url(url)
+        host = url.host
+        assert host is not None  # _check_url
+        port = url.explicit_port or (443 if url.scheme == "https" else 80)
+        ip = await _resolve(host, port, allow_private)
+        pinned = url.with_host(str(ip)) if str(ip) != host else url
+        headers = {"Host": url.raw_authority, "Accept": "image/*", "Accept-Encoding": "identity"}
+        kwargs = {"server_hostname": host} if url.scheme == "https" else {}
+        async with session.get(pinned, headers=headers, allow_redirects=False, **kwargs) as resp:  # type: ignore[arg-type]
+            if resp.status in (301, 302, 303, 307, 308):
+                location = resp.headers.get("Location")
+                if not location:
+                    break
+                url = url.join(URL(location))
+                continue
+            if resp.status != 200:
+                raise InvalidRequest(f"Fetching the image URL failed with HTTP {resp.status}.", code="invalid_image_url")
+            return await _read_capped(resp, max_bytes)
+    raise InvalidRequest(f"The image URL redirected more than {MAX_REDIRECTS} times.", code="invalid_image_url")
+
+
+async def fetch_image(
+    session: aiohttp.ClientSession,
+    url: str,
+    *,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    timeout: float = DEFAULT_TIMEOUT,
+    allow_private: bool = False,
+) -> tuple[bytes, str]:
+    """Download an image for a provider that needs the bytes; returns (data, media type).
+
+    :param allow_private: skip the address check (tests against loopback fakes, or an
+        operator who deliberately serves images from a private network).
+    :raises InvalidRequest: bad URL, refused address, HTTP error, too large, too slow,
+        or bytes that are not PNG, JPEG, GIF or WebP.
+    """
+    try:
+        parsed = URL(url)
+    except (ValueError, TypeError) as exc:
+        raise InvalidRequest("The image URL is not a valid URL.", code="invalid_image_url") from exc
+    try:
+        data = await asyncio.wait_for(_fetch(session, parsed, max_bytes, allow_private), timeout)
+    except asyncio.TimeoutError as exc:
+        raise InvalidRequest(f"Fetching the image URL took longer than {timeout:g} s.", code="invalid_image_url") from exc
+    except aiohttp.ClientError as exc:
+        raise InvalidRequest(
+            f"Fetching the image URL failed ({type(exc).__name__}).", code="invalid_image_url"
+        ) from exc
+    media_type = sniff_image(data)
+    if media_type is None:
+        raise InvalidRequest(
+            "The image URL did not return a PNG, JPEG, GIF or WebP image.", code="invalid_image_format"
+        )
+    return data, media_type

@@ -1,0 +1,252 @@
+"""The per-request journey: authenticate → route → rewrite → guardrails → provider → log.
+
+Fallbacks are taken while nothing has reached the client: on a retryable error from
+`send`, or from a stream before its first chunk (the first chunk is read before the
+response headers are sent, which costs no latency: the client is waiting for it anyway).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+
+import orjson
+from aiohttp import web
+
+from .errors import (
+    AuthenticationFailed,
+    GatewayError,
+    InvalidRequest,
+    ModelNotFound,
+    NotFound,
+    PermissionDenied,
+    is_retryable,
+)
+from .request import check_body, parse_json, read_body
+from .responses import error_response, request_id_of
+from .runtime import Runtime
+from .types import MODELS, PASSTHROUGH, Call, Reply, Target
+
+if TYPE_CHECKING:
+    from .app import Gateway
+
+log = logging.getLogger("relaygate")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+_SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+class Forwarder:
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    # -------------------------------------------------------------- handlers
+
+    def model_call(self, endpoint: str) -> Handler:
+        async def handle(request: web.Request) -> web.StreamResponse:
+            runtime = self.gateway.current
+            runtime.enter()
+            call = _new_call(request, runtime, endpoint)
+            try:
+                try:
+                    raw = await read_body(request, runtime.config.server.max_body_size)
+                    call.raw_body = raw
+                    body = parse_json(raw)
+                    deployment = request.match_info.get("deployment")
+                    if deployment and "model" not in body:
+                        body["model"] = deployment  # Azure-style path; bytes now differ
+                        call.body_dirty = True
+                    call.body = body
+                    call.model, call.stream = check_body(endpoint, body)
+                    await self._authorize(runtime, call)
+                    await self._route(runtime, call)
+                    await runtime.chain.each("rewrite_request", call=call)
+                    reply, first = await self._attempt(runtime, call)
+                except GatewayError as exc:
+                    return await self._fail(request, call, exc)
+                return await self._respond(request, call, reply, first)
+            finally:
+                await self._log(runtime, call)
+                runtime.leave()
+
+        return handle
+
+    async def passthrough(self, request: web.Request) -> web.StreamResponse:
+        runtime = self.gateway.current
+        runtime.enter()
+        call = _new_call(request, runtime, PASSTHROUGH)
+        call.path = request.match_info["tail"]
+        try:
+            try:
+                if request.method not in ("GET", "HEAD", "DELETE"):
+                    call.raw_body = await read_body(request, runtime.config.server.max_body_size)
+                if call.raw_body[:1] == b"{" and request.content_type == "application/json":
+                    call.body = parse_json(call.raw_body)
+                    model = call.body.get("model")
+                    call.model = model if isinstance(model, str) else None
+                    call.stream = call.body.get("stream") is True
+                await self._authorize(runtime, call)
+                targets = await runtime.chain.first("route", call=call)
+                call.targets = [t for t in targets or () if t.provider.supports_passthrough]
+                if not call.targets:
+                    raise NotFound(f"Invalid URL ({request.method} /v1/{call.path})", code="unknown_url")
+                await runtime.chain.each("rewrite_request", call=call)
+                reply, first = await self._attempt(runtime, call)
+            except GatewayError as exc:
+                return await self._fail(request, call, exc)
+            return await self._respond(request, call, reply, first)
+        finally:
+            await self._log(runtime, call)
+            runtime.leave()
+
+    async def list_models(self, request: web.Request) -> web.StreamResponse:
+        runtime = self.gateway.current
+        call = _new_call(request, runtime, MODELS)
+        client = await self._authorize(runtime, call)
+        models = await runtime.models_for(client)
+        body = {"object": "list", "data": [m.to_dict() for m in models]}
+        return _json(body, call)
+
+    async def get_model(self, request: web.Request) -> web.StreamResponse:
+        runtime = self.gateway.current
+        call = _new_call(request, runtime, MODELS)
+        call.model = request.match_info["model"]
+        client = await self._authorize(runtime, call)
+        info = await runtime.find_model(client, call.model)
+        if info is None:
+            raise ModelNotFound(f"The model '{call.model}' does not exist", param="model")
+        return _json(info.to_dict(), call)
+
+    # -------------------------------------------------------------- stages
+
+    async def _authorize(self, runtime: Runtime, call: Call):  # type: ignore[no-untyped-def]
+        client = await runtime.chain.first("authenticate", call=call)
+        if client is None:
+            raise AuthenticationFailed("No plugin accepted the request's credentials.")
+        call.client = client
+        if call.model is not None and not client.allows(call.model):
+            raise PermissionDenied(
+                f"The key '{client.name}' is not allowed to use the model '{call.model}'.", param="model"
+            )
+        return client
+
+    async def _route(self, runtime: Runtime, call: Call) -> None:
+        targets = await runtime.chain.first("route", call=call)
+        if not targets:
+            raise ModelNotFound(
+                f"The model '{call.model}' does not exist or you do not have access to it.", param="model"
+            )
+        call.targets = targets
+
+    async def _attempt(self, runtime: Runtime, call: Call) -> tuple[Reply, bytes | None]:
+        candidates = [t for t in call.targets if call.endpoint in t.provider.endpoints]
+        if not candidates:
+            raise InvalidRequest(
+                f"The model '{call.model}' does not support /v1/{call.path}.", param="model", code="unsupported_endpoint"
+            )
+        last = len(candidates) - 1
+        for i, target in enumerate(candidates):
+            call.target = target
+            try:
+                await runtime.chain.each("inject_guardrails", call=call, target=target)
+                reply = await target.provider.send(call, target)
+                first = await _first_chunk(reply) if reply.stream is not None else None
+                return reply, first
+            except GatewayError as exc:
+                if i == last or not is_retryable(exc):
+                    raise
+                call.fallbacks.append(f"{target.provider_name}: HTTP {exc.status} {exc.code or exc.type}")
+                log.warning(
+                    "request %s: provider %s failed (HTTP %s %s); falling back to %s",
+                    call.request_id, target.provider_name, exc.status, exc.code,
+                    candidates[i + 1].provider_name,
+                )
+        raise AssertionError("unreachable")
+
+    # -------------------------------------------------------------- responses
+
+    async def _respond(
+        self, request: web.Request, call: Call, reply: Reply, first: bytes | None
+    ) -> web.StreamResponse:
+        headers = {"x-request-id": call.request_id}
+        if reply.headers:
+            headers.update(reply.headers)
+        call.status = reply.status
+        if reply.stream is None:
+            resp = web.Response(status=reply.status, body=reply.body, headers=headers)
+            resp.content_type = reply.content_type
+            await resp.prepare(request)
+            call.first_byte = time.perf_counter()
+            await resp.write_eof()
+            return resp
+
+        stream = reply.stream
+        is_sse = reply.content_type.startswith("text/event-stream")
+        resp = web.StreamResponse(status=reply.status, headers={**headers, **(_SSE_HEADERS if is_sse else {})})
+        resp.content_type = reply.content_type
+        try:
+            await resp.prepare(request)
+            call.first_byte = time.perf_counter()
+            if first:
+                await resp.write(first)
+            async for chunk in stream:
+                await resp.write(chunk)
+        except GatewayError as exc:
+            call.error = exc.code or exc.type
+            log.warning("request %s: stream failed after it started: %s", call.request_id, exc.message)
+            if is_sse:
+                await resp.write(exc.to_sse())
+        except (ConnectionResetError, asyncio.CancelledError):
+            call.error = "client_disconnected"
+            raise
+        finally:
+            await stream.aclose()
+        await resp.write_eof()
+        return resp
+
+    async def _fail(self, request: web.Request, call: Call, exc: GatewayError) -> web.StreamResponse:
+        call.status = exc.status
+        call.error = exc.code or exc.type
+        resp = error_response(exc, call.request_id)
+        await resp.prepare(request)
+        await resp.write_eof()
+        return resp
+
+    async def _log(self, runtime: Runtime, call: Call) -> None:
+        try:
+            await runtime.chain.each("log_request", call=call)
+        except Exception:
+            log.exception("log_request hook failed")
+
+
+async def _first_chunk(reply: Reply) -> bytes:
+    assert reply.stream is not None
+    try:
+        return await anext(reply.stream)  # type: ignore[arg-type]
+    except StopAsyncIteration:
+        return b""
+    except BaseException:
+        await reply.stream.aclose()  # type: ignore[attr-defined]
+        raise
+
+
+def _new_call(request: web.Request, runtime: Runtime, endpoint: str) -> Call:
+    path = request.path
+    return Call(
+        request_id=request_id_of(request),
+        endpoint=endpoint,
+        method=request.method,
+        path=endpoint if endpoint != PASSTHROUGH else path,
+        query_string=request.query_string,
+        headers=request.headers,
+        config=runtime.config,
+    )
+
+
+def _json(body: object, call: Call) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(body), content_type="application/json", headers={"x-request-id": call.request_id}
+    )

@@ -1,0 +1,322 @@
+"""Forwarding to any OpenAI-compatible HTTP server.
+
+The generic `type: openai` provider is this class as it is; Azure, Vertex and Bedrock's
+OpenAI endpoint subclass it and override the few extension points below (URL, auth,
+body, stream filter, error body) instead of copying the forwarding.
+
+The hot path sends the client's own bytes when nothing changed, relays upstream bytes
+as they arrive and parses only what the log needs: the one usage object.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any
+
+import aiohttp
+import orjson
+from multidict import CIMultiDict
+
+from .errors import (
+    GatewayError,
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+    error_for_status,
+)
+from .options import Options
+from .provider import Provider
+from .sse import complete_events, split_events
+from .types import CHAT, COMPLETIONS, EMBEDDINGS, PASSTHROUGH, Call, ModelInfo, Reply, Target, Usage
+
+log = logging.getLogger("relaygate.upstream")
+
+#: Client headers worth forwarding on pass-through; everything else (credentials,
+#: cookies, hop-by-hop, host) stays at the gateway.
+FORWARDED_HEADERS = ("content-type", "accept", "openai-beta", "idempotency-key")
+_USAGE_MARKERS = (b'"usage":{', b'"usage": {')
+_MODELS_TTL = 300.0
+
+StreamFilter = Callable[[bytes], bytes]
+
+
+def parse_usage(usage: Any) -> Usage | None:
+    if not isinstance(usage, dict):
+        return None
+    prompt = usage.get("prompt_tokens")
+    completion = usage.get("completion_tokens")
+    return Usage(prompt if isinstance(prompt, int) else 0, completion if isinstance(completion, int) else 0)
+
+
+def openai_error_fields(body: bytes) -> tuple[str | None, str | None, str | None, str | None]:
+    """(message, type, param, code) from an OpenAI-shaped error body, where present."""
+    try:
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None, None, None, None
+    if isinstance(data, list) and data:  # some servers (Vertex) wrap the error in a list
+        data = data[0]
+    err = data.get("error") if isinstance(data, dict) else None
+    if isinstance(err, str):
+        return err, None, None, None
+    if not isinstance(err, dict):
+        return None, None, None, None
+
+    def text(key: str) -> str | None:
+        value = err.get(key)
+        return value if isinstance(value, str) else (str(value) if isinstance(value, int) else None)
+
+    return text("message"), text("type"), text("param"), text("code")
+
+
+class OpenAICompatibleProvider(Provider):
+    """`type: openai`: any server that speaks the OpenAI HTTP API."""
+
+    endpoints = frozenset({CHAT, COMPLETIONS, EMBEDDINGS, PASSTHROUGH})
+    supports_passthrough = True
+    default_base_url: str | None = None
+
+    def __init__(self, name: str, options: Options) -> None:
+        super().__init__(name, options)
+        self.base_url: str = options.url("base_url", self.default_base_url)
+        self.api_key: str | None = options.secret("api_key")
+        self.extra_headers: dict[str, str] = options.str_map("headers", {})
+        organization = options.str("organization", None)
+        project = options.str("project", None)
+        if organization:
+            self.extra_headers["OpenAI-Organization"] = organization
+        if project:
+            self.extra_headers["OpenAI-Project"] = project
+        #: Ask the upstream for the usage chunk on streams (for the log); off for servers
+        #: that reject `stream_options`.
+        self.stream_usage: bool = options.bool("stream_usage", True)
+        self.models_ttl: float = options.number("models_ttl", _MODELS_TTL)
+        self._session: aiohttp.ClientSession | None = None
+        self._models: list[ModelInfo] | None = None
+        self._models_at = -1e9
+        self._models_lock = asyncio.Lock()
+
+    # -------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        self._session = self.new_session()
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise UpstreamUnavailable(f"provider {self.name!r} is not started")
+        return self._session
+
+    # -------------------------------------------------------------- extension points
+
+    def url_for(self, call: Call, target: Target) -> str:
+        """The upstream URL for this call; `call.path` is the part after `/v1/`."""
+        url = f"{self.base_url}/{call.path}"
+        return f"{url}?{call.query_string}" if call.query_string else url
+
+    async def auth_headers(self, target: Target | None) -> Mapping[str, str]:
+        """The upstream credential headers (awaitable, for tokens that refresh); no target when listing models."""
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
+    async def refresh_credentials(self) -> bool:
+        """Called once on an upstream 401; return True to retry the request once."""
+        return False
+
+    async def body_for(self, call: Call, target: Target) -> bytes:
+        """The upstream body bytes. Streams ask for usage so the log can count tokens."""
+        if call.body is None:
+            return call.raw_body
+        if call.stream and self.stream_usage and call.endpoint in (CHAT, COMPLETIONS) and not call.include_usage:
+            opts = call.body.get("stream_options")
+            merged = {**opts, "include_usage": True} if isinstance(opts, dict) else {"include_usage": True}
+            return call.upstream_body(target, stream_options=merged)
+        return call.upstream_body(target)
+
+    def stream_filter(self, call: Call, target: Target) -> StreamFilter | None:
+        """An optional transform of each block of whole SSE events (Azure's quirks)."""
+        return None
+
+    def error_for(self, status: int, body: bytes, headers: Mapping[str, str]) -> GatewayError:
+        """Turn an upstream error response into the error the client sees."""
+        message, etype, param, code = openai_error_fields(body)
+        extra: dict[str, str] = {}
+        if status in (401, 403):
+            # The upstream rejected the gateway's own credentials: say so without echoing
+            # anything (OpenAI quotes part of the key in its message).
+            message = f"provider {self.name!r} rejected the gateway's credentials (upstream HTTP {status})"
+            etype, param = None, None
+            code = code or "upstream_auth_failed"
+        elif status == 429:
+            retry = headers.get("retry-after")
+            if retry:
+                extra["retry-after"] = retry
+        if not message:
+            message = f"provider {self.name!r} answered HTTP {status}"
+        return error_for_status(status, message, param=param, code=code, error_type=etype, headers=extra)
+
+    # -------------------------------------------------------------- models
+
+    async def list_models(self) -> list[ModelInfo] | None:
+        loop = asyncio.get_running_loop()
+        if loop.time() - self._models_at < self.models_ttl:
+            return self._models
+        async with self._models_lock:
+            if loop.time() - self._models_at < self.models_ttl:
+                return self._models
+            self._models = await self._fetch_models()
+            self._models_at = loop.time()
+        return self._models
+
+    async def _fetch_models(self) -> list[ModelInfo]:
+        try:
+            headers = {**self.extra_headers, **await self.auth_headers(None)}
+            async with self.session.get(f"{self.base_url}/models", headers=headers) as resp:
+                if resp.status != 200:
+                    log.warning("provider %s: model listing answered HTTP %s", self.name, resp.status)
+                    return []
+                data = orjson.loads(await resp.read())
+        except (aiohttp.ClientError, asyncio.TimeoutError, orjson.JSONDecodeError, GatewayError) as exc:
+            log.warning("provider %s: model listing failed: %s", self.name, type(exc).__name__)
+            return []
+        items = data.get("data") if isinstance(data, dict) else None
+        return [
+            ModelInfo(m["id"], m.get("owned_by") or self.name, m.get("created") or 0)
+            for m in items or ()
+            if isinstance(m, dict) and isinstance(m.get("id"), str)
+        ]
+
+    # -------------------------------------------------------------- sending
+
+    async def send(self, call: Call, target: Target) -> Reply:
+        headers = CIMultiDict(self.extra_headers)
+        for name in FORWARDED_HEADERS:
+            value = call.headers.get(name)
+            if value is not None:
+                headers[name] = value
+        headers["Accept-Encoding"] = "identity"
+        if call.endpoint != PASSTHROUGH:
+            headers["Content-Type"] = "application/json"
+        headers.update(call.upstream_headers)
+        headers.update(target.headers)
+        body = await self.body_for(call, target) if call.method != "GET" else None
+        url = self.url_for(call, target)
+
+        headers.update(await self.auth_headers(target))
+        resp = await self._request(call.method, url, body, headers)
+        if resp.status == 401 and await self.refresh_credentials():
+            resp.release()
+            headers.update(await self.auth_headers(target))
+            resp = await self._request(call.method, url, body, headers)
+
+        if resp.status >= 400:
+            try:
+                data = await resp.read()
+            except (aiohttp.ClientError, asyncio.TimeoutError):
+                data = b""
+            finally:
+                resp.release()
+            raise self.error_for(resp.status, data, resp.headers)
+
+        content_type = resp.headers.get("Content-Type", "application/json")
+        if call.endpoint == PASSTHROUGH and not content_type.startswith("application/json"):
+            return Reply(resp.status, stream=self._relay_raw(resp), content_type=content_type)
+        if call.stream and content_type.startswith("text/event-stream"):
+            return Reply(
+                resp.status,
+                stream=self._relay_events(call, target, resp),
+                content_type="text/event-stream",
+            )
+        try:
+            data = await resp.read()
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            resp.close()
+            raise self._transport_error(exc) from exc
+        resp.release()
+        if call.endpoint != PASSTHROUGH:
+            call.usage = self._usage_of(data)
+        return Reply(resp.status, body=data, content_type=content_type)
+
+    async def _request(
+        self, method: str, url: str, body: bytes | None, headers: CIMultiDict[str]
+    ) -> aiohttp.ClientResponse:
+        try:
+            return await self.session.request(method, url, data=body, headers=headers, allow_redirects=False)
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise self._transport_error(exc) from exc
+
+    def _transport_error(self, exc: BaseException) -> GatewayError:
+        if isinstance(exc, asyncio.TimeoutError):
+            return UpstreamTimeout(f"provider {self.name!r} timed out")
+        if isinstance(exc, aiohttp.ClientConnectorError):
+            return UpstreamUnavailable(f"cannot connect to provider {self.name!r}")
+        return UpstreamError(f"provider {self.name!r} failed: {type(exc).__name__}")
+
+    @staticmethod
+    def _usage_of(data: bytes) -> Usage | None:
+        if b'"usage"' not in data:
+            return None
+        try:
+            parsed = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return None
+        return parse_usage(parsed.get("usage")) if isinstance(parsed, dict) else None
+
+    async def _relay_raw(self, resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+        ok = False
+        try:
+            async for data in resp.content.iter_any():
+                yield data
+            ok = True
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise self._transport_error(exc) from exc
+        finally:
+            resp.release() if ok else resp.close()
+
+    async def _relay_events(self, call: Call, target: Target, resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+        """Relay SSE bytes; only the rare block holding a usage object is parsed."""
+        want_usage = call.include_usage
+        transform = self.stream_filter(call, target)
+        ok = False
+        try:
+            async for block in complete_events(resp.content.iter_any()):
+                if _USAGE_MARKERS[0] in block or _USAGE_MARKERS[1] in block:
+                    block = self._take_usage(call, block, want_usage)
+                if transform is not None:
+                    block = transform(block)
+                if block:
+                    yield block
+            ok = True
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            raise self._transport_error(exc) from exc
+        finally:
+            resp.release() if ok else resp.close()
+
+    @staticmethod
+    def _take_usage(call: Call, block: bytes, keep: bool) -> bytes:
+        """Record the usage object; hide it when the client did not ask for it."""
+        out: list[bytes] = []
+        for ev in split_events(block):
+            if not (_USAGE_MARKERS[0] in ev or _USAGE_MARKERS[1] in ev) or not ev.startswith(b"data:"):
+                out.append(ev)
+                continue
+            try:
+                chunk = orjson.loads(ev[5:])
+            except orjson.JSONDecodeError:
+                out.append(ev)
+                continue
+            usage = parse_usage(chunk.get("usage")) if isinstance(chunk, dict) else None
+            if usage is not None:
+                call.usage = usage
+            if keep:
+                out.append(ev)
+            elif chunk.get("choices"):
+                chunk["usage"] = None
+                out.append(b"data: " + orjson.dumps(chunk) + b"\n\n")
+        return b"".join(out)

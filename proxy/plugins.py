@@ -1,0 +1,180 @@
+"""Plugin discovery (pluggy + entry points) and the pre-resolved hook chain.
+
+pluggy finds plugins and orders implementations; `Chain` then holds, per stage, a plain
+list of callables that the core awaits itself. pluggy cannot await async hooks, and
+resolving once keeps its per-call dispatch off the hot path.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import inspect
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pluggy
+
+from . import hookspecs
+from .errors import ConfigError
+from .provider import Provider
+
+ENTRY_POINT_GROUP = "relaygate.plugins"
+TRACE_ENV = "RELAYGATE_TRACE_HOOKS"
+log = logging.getLogger("relaygate.plugins")
+
+Impl = Callable[..., Any]
+
+
+def make_plugin_manager(
+    *,
+    block: Iterable[str] = (),
+    only: Iterable[str] | None = None,
+    extra: Iterable[tuple[str, object]] = (),
+) -> pluggy.PluginManager:
+    """A fresh manager with the `relaygate.plugins` entry points loaded.
+
+    :param block: entry-point names not to load (config `plugins.block`).
+    :param only: if given, load just these entry-point names (config `plugins.only`).
+    :param extra: (name, plugin) pairs registered after the entry points (tests, embedding).
+    """
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    wanted = set(only) if only is not None else None
+    for name in block:
+        pm.set_blocked(name)
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        if pm.is_blocked(ep.name) or pm.has_plugin(ep.name):
+            continue
+        if wanted is not None and ep.name not in wanted:
+            continue
+        plugin = ep.load()
+        pm.register(plugin, name=ep.name)
+        pm._plugin_distinfo.append((plugin, ep.dist))  # what pluggy's own loader records
+    for name, plugin in extra:
+        pm.register(plugin, name=name)
+    if os.environ.get(TRACE_ENV):
+        pm.trace.root.setwriter(lambda msg: log.info("pluggy: %s", msg.rstrip()))
+    return pm
+
+
+@dataclass(slots=True)
+class PluginInfo:
+    name: str
+    distribution: str | None
+    version: str | None
+    hooks: list[str]
+    provider_types: list[str] = field(default_factory=list)
+
+
+def provider_types(pm: pluggy.PluginManager) -> tuple[dict[str, type[Provider]], dict[str, str]]:
+    """Collect every registered provider type, and which plugin registered it."""
+    types: dict[str, type[Provider]] = {}
+    owners: dict[str, str] = {}
+    for impl in pm.hook.register_providers.get_hookimpls():
+
+        def register(kind: str, cls: type[Provider], _plugin: str = impl.plugin_name) -> None:
+            if not (isinstance(cls, type) and issubclass(cls, Provider)):
+                raise ConfigError(f"plugin {_plugin!r} registered {kind!r} with a class that is not a Provider")
+            if kind in types:
+                raise ConfigError(
+                    f"provider type {kind!r} is registered twice (by {owners[kind]!r} and {_plugin!r})"
+                )
+            types[kind] = cls
+            owners[kind] = _plugin
+
+        impl.function(register)
+    return types, owners
+
+
+def describe(pm: pluggy.PluginManager) -> list[PluginInfo]:
+    """What `relaygate plugins` prints."""
+    dists = {id(plugin): dist for plugin, dist in pm.list_plugin_distinfo()}
+    _, owners = provider_types(pm)
+    infos = []
+    for name, plugin in sorted(pm.list_name_plugin(), key=lambda item: item[0]):
+        if plugin is None:
+            continue
+        dist = dists.get(id(plugin))
+        hooks = sorted(h.name for h in pm.get_hookcallers(plugin) or ())
+        infos.append(
+            PluginInfo(
+                name=name,
+                distribution=dist.metadata["Name"] if dist else None,
+                version=dist.version if dist else None,
+                hooks=hooks,
+                provider_types=sorted(k for k, owner in owners.items() if owner == name),
+            )
+        )
+    return infos
+
+
+# ---------------------------------------------------------------- the chain
+
+
+def _bind(impl: pluggy.HookImpl, trace: bool) -> Impl:
+    """A callable taking the stage's keyword arguments, returning a value or awaitable."""
+    fn = impl.function
+    argnames = impl.argnames
+    if impl.hookwrapper or impl.wrapper:
+        raise ConfigError(f"plugin {impl.plugin_name!r}: hook wrappers are not supported by relaygate's stages")
+    is_async = inspect.iscoroutinefunction(fn)
+
+    if not trace:
+        if is_async:
+
+            async def call_async(**kw: Any) -> Any:
+                return await fn(*[kw[a] for a in argnames])
+
+            return call_async
+
+        def call_sync(**kw: Any) -> Any:
+            return fn(*[kw[a] for a in argnames])
+
+        return call_sync
+
+    async def traced(**kw: Any) -> Any:
+        t0 = time.perf_counter()
+        result = fn(*[kw[a] for a in argnames])
+        if inspect.isawaitable(result):
+            result = await result
+        log.info(
+            "hook %s.%s -> %s (%.3f ms)",
+            impl.plugin_name, fn.__name__, type(result).__name__, (time.perf_counter() - t0) * 1e3,
+        )
+        return result
+
+    return traced
+
+
+class Chain:
+    """Each per-request stage resolved to an ordered tuple of (is_async, callable)."""
+
+    def __init__(self, pm: pluggy.PluginManager, *, trace: bool | None = None) -> None:
+        trace = bool(os.environ.get(TRACE_ENV)) if trace is None else trace
+        self.stages: dict[str, tuple[tuple[bool, Impl], ...]] = {}
+        for stage in hookspecs.STAGES:
+            impls = getattr(pm.hook, stage).get_hookimpls()
+            bound = []
+            for impl in reversed(impls):  # pluggy's own call order
+                fn = _bind(impl, trace)
+                bound.append((trace or inspect.iscoroutinefunction(impl.function), fn))
+            self.stages[stage] = tuple(bound)
+
+    async def first(self, stage: str, **kwargs: Any) -> Any:
+        """First non-None result wins."""
+        for is_async, fn in self.stages[stage]:
+            result = await fn(**kwargs) if is_async else fn(**kwargs)
+            if result is not None:
+                return result
+        return None
+
+    async def each(self, stage: str, **kwargs: Any) -> None:
+        for is_async, fn in self.stages[stage]:
+            if is_async:
+                await fn(**kwargs)
+            else:
+                fn(**kwargs)

@@ -1,0 +1,91 @@
+"""The provider contract: one upstream account, created from its YAML block.
+
+A provider class is registered under a type name by a plugin's `register_providers`
+hook; the core instantiates one per `providers.<name>` entry, starts it with the app
+(where it opens its connection pool) and closes it on shutdown or after a reload once
+the requests that began on it have finished.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import aiohttp
+
+from .errors import InvalidRequest
+from .options import Options
+from .types import CHAT, COMPLETIONS, EMBEDDINGS, Call, ModelInfo, Reply, Target
+
+
+class Provider:
+    """Base class of every provider type.
+
+    Subclasses read their own keys from `options` in `__init__` (after calling
+    `super().__init__`); the core refuses any key nobody read. No I/O in `__init__`:
+    `relaygate check` builds providers without starting them.
+    """
+
+    #: Endpoints this provider serves; the router skips targets that cannot serve a call.
+    endpoints: ClassVar[frozenset[str]] = frozenset({CHAT, COMPLETIONS, EMBEDDINGS})
+    #: Whether arbitrary other `/v1/*` routes may be forwarded to it byte for byte.
+    supports_passthrough: ClassVar[bool] = False
+    #: Whether it can apply a route's `guardrail:`; `check` refuses such routes otherwise.
+    supports_guardrails: ClassVar[bool] = False
+
+    def __init__(self, name: str, options: Options) -> None:
+        self.name = name
+        self.options = options
+        self.type: str = options.raw("type")
+        self.connect_timeout: float = options.number("connect_timeout", 10.0)
+        self.read_timeout: float = options.number("read_timeout", 600.0)
+        self.max_connections: int = options.int("max_connections", 256, minimum=1)
+
+    def target_options(self, opts: Options) -> dict[str, object]:
+        """Read this provider's extra keys on a route target (e.g. Vertex `endpoint_id`).
+
+        Keys left unread are refused, so a provider that takes none needs no override.
+        """
+        return {}
+
+    async def start(self) -> None:
+        """Open connection pools and credential objects (once, with the app)."""
+
+    async def close(self) -> None:
+        """Release everything `start` opened."""
+
+    async def list_models(self) -> list[ModelInfo] | None:
+        """The upstream models, or None when this provider cannot list them.
+
+        Called by `/v1/models`; implementations cache (a listing is never fetched per request).
+        """
+        return None
+
+    async def send(self, call: Call, target: Target) -> Reply:
+        """Send `call` upstream as `target` and return the reply.
+
+        Raise a `proxy.errors.GatewayError` on failure; a retryable one before the
+        reply is returned (or before a stream's first chunk) lets the core fall back.
+        """
+        raise InvalidRequest(f"provider {self.name!r} does not serve {call.endpoint}")
+
+    # -------------------------------------------------------------- helpers
+
+    def new_session(self, **kwargs: object) -> aiohttp.ClientSession:
+        """One pooled session per upstream, with stream-safe timeouts.
+
+        `total=None` because a long stream is not a timeout; connect and per-read limits
+        bound the time a dead upstream can hold a request.
+        """
+        connector = aiohttp.TCPConnector(
+            limit=self.max_connections, ttl_dns_cache=300, enable_cleanup_closed=False
+        )
+        timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=self.connect_timeout, sock_read=self.read_timeout
+        )
+        return aiohttp.ClientSession(
+            connector=connector,
+            timeout=timeout,
+            auto_decompress=False,
+            skip_auto_headers=("User-Agent",),
+            **kwargs,  # type: ignore[arg-type]
+        )

@@ -1,0 +1,24 @@
+"""Response helpers shared by the middleware and the handlers."""
+
+from __future__ import annotations
+
+import os
+import re
+
+from aiohttp import web
+
+from .errors import GatewayError
+
+_REQUEST_ID = re.compile(r"^[\w.:\-]{1,128}$")
+
+
+def request_id_of(request: web.Request) -> str:
+    rid = request.headers.get("x-request-id")
+    if rid and _REQUEST_ID.match(rid):
+        return rid
+    return "req_" + os.urandom(12).hex()
+
+
+def error_response(exc: GatewayError, request_id: str) -> web.Response:
+    headers = {"x-request-id": request_id, **exc.headers}
+    return web.Response(status=exc.status, body=exc.to_json(), content_type="application/json", headers=headers)

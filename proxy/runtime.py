@@ -1,0 +1,147 @@
+"""One loaded configuration: plugins, chain, config and started providers.
+
+A request takes the current `Runtime` once and keeps it to the end, so a reload never
+changes the rules under a request in flight. The old runtime closes its providers when
+its last request has left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+from pathlib import Path
+
+import pluggy
+
+from .config import Config, Route, load_config, plugin_selection
+from .plugins import Chain, make_plugin_manager, provider_types
+from .types import Client, ModelInfo
+
+log = logging.getLogger("relaygate")
+
+
+def load_runtime(path: str | Path, extra_plugins: Iterable[tuple[str, object]] = ()) -> Runtime:
+    """Load plugins and config (blocking file and entry-point I/O; no network)."""
+    block, only = plugin_selection(path)
+    pm = make_plugin_manager(block=block, only=only, extra=extra_plugins)
+    types, _ = provider_types(pm)
+    config = load_config(path, types)
+    return Runtime(config=config, pm=pm, chain=Chain(pm))
+
+
+@dataclass(eq=False)
+class Runtime:
+    config: Config
+    pm: pluggy.PluginManager
+    chain: Chain
+    inflight: int = 0
+    retired: bool = False
+    _drained: asyncio.Event = field(default_factory=asyncio.Event)
+
+    # -------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        started = []
+        try:
+            for provider in self.config.providers.values():
+                await provider.start()
+                started.append(provider)
+        except BaseException:
+            for provider in reversed(started):
+                await provider.close()
+            raise
+
+    async def close(self) -> None:
+        for provider in self.config.providers.values():
+            try:
+                await provider.close()
+            except Exception:  # one provider's failure must not leak the others' pools
+                log.exception("closing provider %s failed", provider.name)
+
+    def enter(self) -> None:
+        self.inflight += 1
+
+    def leave(self) -> None:
+        self.inflight -= 1
+        if self.retired and self.inflight == 0:
+            self._drained.set()
+
+    async def retire(self, grace: float | None = None) -> None:
+        """Close once the requests that began on this runtime have finished."""
+        self.retired = True
+        if self.inflight:
+            self._drained.clear()
+            try:
+                await asyncio.wait_for(self._drained.wait(), grace)
+            except asyncio.TimeoutError:
+                log.warning("closing the previous config with %d requests still in flight", self.inflight)
+        await self.close()
+
+    # -------------------------------------------------------------- models
+
+    def first_route(self, model: str) -> Route | None:
+        for rule in self.config.routes:
+            if fnmatchcase(model, rule.model):
+                return rule
+        return None
+
+    async def models_for(self, client: Client) -> list[ModelInfo]:
+        """What `client` may call: literal routes, plus upstream listings under glob routes."""
+        providers = self.config.providers
+        listings: dict[str, list[ModelInfo] | None] = {}
+        wanted = {spec.provider for rule in self.config.routes if rule.is_glob for spec in rule.targets}
+        names = sorted(wanted)
+        results = await asyncio.gather(*(providers[n].list_models() for n in names), return_exceptions=True)
+        for name, result in zip(names, results):
+            if isinstance(result, BaseException):
+                log.warning("provider %s: model listing failed: %s", name, type(result).__name__)
+                result = None
+            listings[name] = result
+
+        out: dict[str, ModelInfo] = {}
+        for rule in self.config.routes:
+            if not rule.is_glob:
+                if rule.model not in out and client.allows(rule.model):
+                    out[rule.model] = ModelInfo(rule.model, rule.targets[0].provider)
+                continue
+            for spec in rule.targets:
+                for info in listings.get(spec.provider) or ():
+                    name = _client_name(spec.model, info.id)
+                    if (
+                        name is not None
+                        and name not in out
+                        and client.allows(name)
+                        and self.first_route(name) is rule
+                    ):
+                        out[name] = ModelInfo(name, info.owned_by, info.created)
+        return list(out.values())
+
+    async def find_model(self, client: Client, model: str) -> ModelInfo | None:
+        rule = self.first_route(model)
+        if rule is None:
+            return None
+        if not rule.is_glob:
+            return ModelInfo(model, rule.targets[0].provider)
+        for spec in rule.targets:
+            listing = await self.config.providers[spec.provider].list_models()
+            if listing is None:  # cannot list: the rule's glob is all we know
+                return ModelInfo(model, spec.provider)
+            for info in listing:
+                if _client_name(spec.model, info.id) == model:
+                    return ModelInfo(model, info.owned_by, info.created)
+        return None
+
+
+def _client_name(template: str | None, upstream_id: str) -> str | None:
+    """Invert a target's model template: which client name yields `upstream_id`?"""
+    if template is None:
+        return upstream_id
+    if "{model}" not in template:
+        return None
+    prefix, _, suffix = template.partition("{model}")
+    if upstream_id.startswith(prefix) and upstream_id.endswith(suffix) and len(upstream_id) > len(prefix) + len(suffix):
+        return upstream_id[len(prefix) : len(upstream_id) - len(suffix)]
+    return None

@@ -1,0 +1,179 @@
+"""Test helpers for relaygate and its plugins: a gateway and fake upstreams on loopback.
+
+Each server runs its own event loop in a background thread, so a test can drive it
+with the synchronous or the asynchronous OpenAI SDK alike:
+
+    with FakeServer(make_fake_app()) as fake, Gateway(yaml_text, env={"URL": fake.url}) as gw:
+        client = openai.OpenAI(base_url=gw.base_url, api_key="k")
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import tempfile
+import threading
+from collections.abc import Callable, Coroutine, Iterable, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar
+
+import orjson
+from aiohttp import web
+
+from .app import GATEWAY, create_app
+
+T = TypeVar("T")
+
+
+class FakeServer:
+    """Run an aiohttp application on 127.0.0.1:<free port> in a thread of its own."""
+
+    def __init__(self, app: web.Application | Callable[[], web.Application], host: str = "127.0.0.1") -> None:
+        self._app_factory = app
+        self.host = host
+        self.port = 0
+        self.app: web.Application | None = None
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True, name=type(self).__name__)
+        self._runner: web.AppRunner | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def call(self, coro: Coroutine[Any, Any, T], timeout: float = 30) -> T:
+        """Run a coroutine on the server's loop and wait for its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def make_app(self) -> web.Application:
+        factory = self._app_factory
+        return factory if isinstance(factory, web.Application) else factory()
+
+    async def _start(self) -> None:
+        self.app = self.make_app()
+        self._runner = web.AppRunner(self.app, handler_cancellation=True, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, 0)
+        await site.start()
+        self.port = self._runner.addresses[0][1]
+
+    def __enter__(self) -> FakeServer:
+        self._thread.start()
+        try:
+            self.call(self._start())
+        except BaseException:
+            self._stop_loop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            if self._runner is not None:
+                self.call(self._runner.cleanup())
+        finally:
+            self._stop_loop()
+
+    def _stop_loop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+        self.loop.close()
+
+
+class _Capture(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+        self.access: list[dict[str, Any]] = []
+        self.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = self.format(record)
+        self.lines.append(text)
+        if record.name == "relaygate.access":
+            self.access.append(orjson.loads(record.getMessage()))
+
+
+class Gateway(FakeServer):
+    """The relaygate app on loopback, loaded from YAML text (or a file path).
+
+    `env` is set in `os.environ` for the gateway's lifetime (for `${VAR}` and for SDKs
+    that read the environment) and restored afterwards.
+    """
+
+    def __init__(
+        self,
+        config: str | Path,
+        *,
+        env: Mapping[str, str] | None = None,
+        extra_plugins: Iterable[tuple[str, object]] = (),
+    ) -> None:
+        super().__init__(self._build)
+        self._tmp = tempfile.TemporaryDirectory(prefix="relaygate-test-")
+        if isinstance(config, Path) or "\n" not in config:
+            self.config_path = Path(config)
+        else:
+            self.config_path = Path(self._tmp.name) / "config.yaml"
+            self.config_path.write_text(config)
+        self.env = dict(env or {})
+        self.extra_plugins = tuple(extra_plugins)
+        self._saved_env: dict[str, str | None] = {}
+        self._capture = _Capture()
+        self._saved_level = logging.INFO
+
+    def _build(self) -> web.Application:
+        return create_app(self.config_path, extra_plugins=self.extra_plugins)
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.url}/v1"
+
+    @property
+    def access_log(self) -> list[dict[str, Any]]:
+        return list(self._capture.access)
+
+    @property
+    def log_text(self) -> str:
+        return "\n".join(self._capture.lines)
+
+    def reload(self, config: str | None = None) -> bool:
+        """Rewrite the config file (if given) and reload it, as SIGHUP does."""
+        if config is not None:
+            self.config_path.write_text(config)
+        assert self.app is not None
+        return self.call(self.app[GATEWAY].reload())
+
+    def __enter__(self) -> Gateway:
+        for key, value in self.env.items():
+            self._saved_env[key] = os.environ.get(key)
+            os.environ[key] = value
+        root = logging.getLogger()
+        self._saved_level = root.level
+        root.setLevel(logging.INFO)
+        root.addHandler(self._capture)
+        try:
+            super().__enter__()
+        except BaseException:
+            self._restore()
+            raise
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        try:
+            super().__exit__(exc_type, exc, tb)
+        finally:
+            self._restore()
+
+    def _restore(self) -> None:
+        root = logging.getLogger()
+        root.removeHandler(self._capture)
+        root.setLevel(self._saved_level)
+        for key, value in self._saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        self._tmp.cleanup()
