@@ -27,6 +27,10 @@ DEFAULT_TIMEOUT = 10.0
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
+def _bad(message: str, code: str = "invalid_image_url") -> InvalidRequest:
+    return InvalidRequest(message, code=code)
+
+
 def sniff_image(data: bytes) -> str | None:
     """The media type of PNG, JPEG, GIF or WebP bytes, from their magic numbers."""
     if data.startswith(b"\x89PNG\r\n\x1a\n"):
@@ -68,10 +72,10 @@ async def _resolve(host: str, port: int, allow_private: bool) -> IPAddress:
         try:
             infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except OSError as exc:
-            raise InvalidRequest(f"Could not resolve the image URL's host {host!r}.", code="invalid_image_url") from exc
+            raise _bad(f"Could not resolve the image URL's host {host!r}.") from exc
         addresses = [ipaddress.ip_address(info[4][0].split("%", 1)[0]) for info in infos]
         if not addresses:
-            raise InvalidRequest(f"Could not resolve the image URL's host {host!r}.", code="invalid_image_url")
+            raise _bad(f"Could not resolve the image URL's host {host!r}.")
     if not allow_private:
         for ip in addresses:
             if not is_public_address(ip):
@@ -85,9 +89,9 @@ async def _resolve(host: str, port: int, allow_private: bool) -> IPAddress:
 
 def _check_url(url: URL) -> None:
     if url.scheme not in ("http", "https") or not url.host:
-        raise InvalidRequest("Image URLs must be http(s) URLs or data: URLs.", code="invalid_image_url")
+        raise _bad("Image URLs must be http(s) URLs or data: URLs.")
     if url.user is not None or url.password is not None:
-        raise InvalidRequest("Image URLs must not carry credentials.", code="invalid_image_url")
+        raise _bad("Image URLs must not carry credentials.")
 
 
 async def _read_capped(resp: aiohttp.ClientResponse, max_bytes: int) -> bytes:
@@ -101,7 +105,7 @@ async def _read_capped(resp: aiohttp.ClientResponse, max_bytes: int) -> bytes:
     async for chunk in resp.content.iter_chunked(1 << 16):
         size += len(chunk)
         if size > max_bytes:
-            raise InvalidRequest(f"The image at the URL exceeds the limit of {max_bytes} bytes.", code="image_too_large")
+            raise _bad(f"The image at the URL exceeds the limit of {max_bytes} bytes.", "image_too_large")
         parts.append(chunk)
     return b"".join(parts)
 
@@ -124,9 +128,9 @@ async def _fetch(session: aiohttp.ClientSession, url: URL, max_bytes: int, allow
                 url = url.join(URL(location))
                 continue
             if resp.status != 200:
-                raise InvalidRequest(f"Fetching the image URL failed with HTTP {resp.status}.", code="invalid_image_url")
+                raise _bad(f"Fetching the image URL failed with HTTP {resp.status}.")
             return await _read_capped(resp, max_bytes)
-    raise InvalidRequest(f"The image URL redirected more than {MAX_REDIRECTS} times.", code="invalid_image_url")
+    raise _bad(f"The image URL redirected more than {MAX_REDIRECTS} times.")
 
 
 async def fetch_image(
@@ -147,11 +151,11 @@ async def fetch_image(
     try:
         parsed = URL(url)
     except (ValueError, TypeError) as exc:
-        raise InvalidRequest("The image URL is not a valid URL.", code="invalid_image_url") from exc
+        raise _bad("The image URL is not a valid URL.") from exc
     try:
         data = await asyncio.wait_for(_fetch(session, parsed, max_bytes, allow_private), timeout)
     except asyncio.TimeoutError as exc:
-        raise InvalidRequest(f"Fetching the image URL took longer than {timeout:g} s.", code="invalid_image_url") from exc
+        raise _bad(f"Fetching the image URL took longer than {timeout:g} s.") from exc
     except aiohttp.ClientError as exc:
         raise InvalidRequest(
             f"Fetching the image URL failed ({type(exc).__name__}).", code="invalid_image_url"
