@@ -156,9 +156,7 @@ def create_app(
         r.add_route("*", f"{prefix}/models/{{model:.+}}", _only("GET", fwd.get_model))
     # Azure-style clients: the deployment in the path is the model name.
     for endpoint in (CHAT, COMPLETIONS, EMBEDDINGS):
-        r.add_route(
-            "*", f"/openai/deployments/{{deployment}}/{endpoint}", _only("POST", fwd.model_call(endpoint))
-        )
+        r.add_route("*", f"/openai/deployments/{{deployment}}/{endpoint}", _only("POST", fwd.model_call(endpoint)))
     r.add_route("*", "/openai/models", _only("GET", fwd.list_models))
     r.add_route("*", "/v1/{tail:.*}", fwd.passthrough)
     return app

@@ -89,12 +89,12 @@ def _line_map(node: yaml.Node, path: tuple[Any, ...], lines: dict[tuple[Any, ...
     if isinstance(node, yaml.MappingNode):
         for key_node, value_node in node.value:
             key = key_node.value if isinstance(key_node, yaml.ScalarNode) else str(key_node.value)
-            lines[path + (key,)] = key_node.start_mark.line + 1
-            _line_map(value_node, path + (key,), lines)
-            lines[path + (key,)] = key_node.start_mark.line + 1
+            lines[(*path, key)] = key_node.start_mark.line + 1
+            _line_map(value_node, (*path, key), lines)
+            lines[(*path, key)] = key_node.start_mark.line + 1
     elif isinstance(node, yaml.SequenceNode):
         for i, item in enumerate(node.value):
-            _line_map(item, path + (i,), lines)
+            _line_map(item, (*path, i), lines)
 
 
 def _locator(filename: str, lines: dict[tuple[Any, ...], int]) -> Locator:
@@ -124,9 +124,9 @@ def _interpolate(value: Any, path: tuple[Any, ...], locate: Locator, problems: l
 
         return _VAR.sub(sub, value)
     if isinstance(value, dict):
-        return {k: _interpolate(v, path + (k,), locate, problems) for k, v in value.items()}
+        return {k: _interpolate(v, (*path, k), locate, problems) for k, v in value.items()}
     if isinstance(value, list):
-        return [_interpolate(v, path + (i,), locate, problems) for i, v in enumerate(value)]
+        return [_interpolate(v, (*path, i), locate, problems) for i, v in enumerate(value)]
     return value
 
 
@@ -196,7 +196,7 @@ def _clients(opts: Options, problems: list[str]) -> tuple[ClientKey, ...]:
     keys: list[ClientKey] = []
     seen: set[str] = set()
     for i, entry in enumerate(entries):
-        item = Options(entry if isinstance(entry, dict) else None, opts.path + ("keys", i), opts._locate)
+        item = Options(entry if isinstance(entry, dict) else None, (*opts.path, "keys", i), opts._locate)
         try:
             if not isinstance(entry, dict):
                 raise item.error(None, "expected a mapping with name and key or key_sha256")
@@ -280,8 +280,9 @@ def _routes(raw: Any, root: Options, providers: Mapping[str, Provider], problems
                 for spec in targets:
                     if not providers[spec.provider].supports_guardrails:
                         raise opts.error(
-                            "guardrail", f"provider {spec.provider!r} (type {providers[spec.provider].type}) "
-                            "cannot apply guardrails"
+                            "guardrail",
+                            f"provider {spec.provider!r} (type {providers[spec.provider].type}) "
+                            "cannot apply guardrails",
                         )
             opts.check_unused()
             line = int(root._locate(("routes", i)).rsplit(":", 1)[1])
@@ -336,7 +337,9 @@ def load_config(path: str | Path, provider_types: Mapping[str, type[Provider]]) 
     problems: list[str] = []
     for key in data:
         if key not in _TOP_KEYS:
-            problems.append(root.error(key, f"unknown top-level key (expected one of {', '.join(_TOP_KEYS)})").problems[0])
+            problems.append(
+                root.error(key, f"unknown top-level key (expected one of {', '.join(_TOP_KEYS)})").problems[0]
+            )
 
     def section(fn: Any, *args: Any) -> Any:
         try:

@@ -28,7 +28,7 @@ from .errors import (
 from .request import check_body, parse_json, read_body
 from .responses import error_response, request_id_of
 from .runtime import Runtime
-from .types import MODELS, PASSTHROUGH, Call, Reply, Target
+from .types import MODELS, PASSTHROUGH, Call, Reply
 
 if TYPE_CHECKING:
     from .app import Gateway
@@ -145,7 +145,9 @@ class Forwarder:
         candidates = [t for t in call.targets if call.endpoint in t.provider.endpoints]
         if not candidates:
             raise InvalidRequest(
-                f"The model '{call.model}' does not support /v1/{call.path}.", param="model", code="unsupported_endpoint"
+                f"The model '{call.model}' does not support /v1/{call.path}.",
+                param="model",
+                code="unsupported_endpoint",
             )
         last = len(candidates) - 1
         for i, target in enumerate(candidates):
@@ -161,16 +163,17 @@ class Forwarder:
                 call.fallbacks.append(f"{target.provider_name}: HTTP {exc.status} {exc.code or exc.type}")
                 log.warning(
                     "request %s: provider %s failed (HTTP %s %s); falling back to %s",
-                    call.request_id, target.provider_name, exc.status, exc.code,
+                    call.request_id,
+                    target.provider_name,
+                    exc.status,
+                    exc.code,
                     candidates[i + 1].provider_name,
                 )
         raise AssertionError("unreachable")
 
     # -------------------------------------------------------------- responses
 
-    async def _respond(
-        self, request: web.Request, call: Call, reply: Reply, first: bytes | None
-    ) -> web.StreamResponse:
+    async def _respond(self, request: web.Request, call: Call, reply: Reply, first: bytes | None) -> web.StreamResponse:
         headers = {"x-request-id": call.request_id}
         if reply.headers:
             headers.update(reply.headers)

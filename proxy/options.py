@@ -155,4 +155,4 @@ class Options:
 
     def block(self, key: str, *, required: bool = False) -> Options:
         value = self._get(key, _MISSING if required else None, (dict,), "a mapping")
-        return Options(value, self.path + (key,), self._locate)
+        return Options(value, (*self.path, key), self._locate)

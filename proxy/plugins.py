@@ -80,9 +80,7 @@ def provider_types(pm: pluggy.PluginManager) -> tuple[dict[str, type[Provider]],
             if not (isinstance(cls, type) and issubclass(cls, Provider)):
                 raise ConfigError(f"plugin {_plugin!r} registered {kind!r} with a class that is not a Provider")
             if kind in types:
-                raise ConfigError(
-                    f"provider type {kind!r} is registered twice (by {owners[kind]!r} and {_plugin!r})"
-                )
+                raise ConfigError(f"provider type {kind!r} is registered twice (by {owners[kind]!r} and {_plugin!r})")
             types[kind] = cls
             owners[kind] = _plugin
 
@@ -143,7 +141,10 @@ def _bind(impl: pluggy.HookImpl, trace: bool) -> Impl:
             result = await result
         log.info(
             "hook %s.%s -> %s (%.3f ms)",
-            impl.plugin_name, fn.__name__, type(result).__name__, (time.perf_counter() - t0) * 1e3,
+            impl.plugin_name,
+            fn.__name__,
+            type(result).__name__,
+            (time.perf_counter() - t0) * 1e3,
         )
         return result
 

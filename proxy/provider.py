@@ -76,12 +76,8 @@ class Provider:
         `total=None` because a long stream is not a timeout; connect and per-read limits
         bound the time a dead upstream can hold a request.
         """
-        connector = aiohttp.TCPConnector(
-            limit=self.max_connections, ttl_dns_cache=300, enable_cleanup_closed=False
-        )
-        timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=self.connect_timeout, sock_read=self.read_timeout
-        )
+        connector = aiohttp.TCPConnector(limit=self.max_connections, ttl_dns_cache=300, enable_cleanup_closed=False)
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.connect_timeout, sock_read=self.read_timeout)
         return aiohttp.ClientSession(
             connector=connector,
             timeout=timeout,

@@ -35,9 +35,7 @@ async def read_body(request: web.Request, limit: int) -> bytes:
 
 def parse_json(raw: bytes) -> dict[str, Any]:
     if not raw:
-        raise InvalidRequest(
-            "The request body is empty; expected a JSON object.", code="invalid_json"
-        )
+        raise InvalidRequest("The request body is empty; expected a JSON object.", code="invalid_json")
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:

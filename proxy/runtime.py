@@ -95,7 +95,7 @@ class Runtime:
         wanted = {spec.provider for rule in self.config.routes if rule.is_glob for spec in rule.targets}
         names = sorted(wanted)
         results = await asyncio.gather(*(providers[n].list_models() for n in names), return_exceptions=True)
-        for name, result in zip(names, results):
+        for name, result in zip(names, results, strict=False):
             if isinstance(result, BaseException):
                 log.warning("provider %s: model listing failed: %s", name, type(result).__name__)
                 result = None
@@ -110,12 +110,7 @@ class Runtime:
             for spec in rule.targets:
                 for info in listings.get(spec.provider) or ():
                     name = _client_name(spec.model, info.id)
-                    if (
-                        name is not None
-                        and name not in out
-                        and client.allows(name)
-                        and self.first_route(name) is rule
-                    ):
+                    if name is not None and name not in out and client.allows(name) and self.first_route(name) is rule:
                         out[name] = ModelInfo(name, info.owned_by, info.created)
         return list(out.values())
 

@@ -39,10 +39,7 @@ def split_events(block: bytes) -> list[bytes]:
 
 def event_data(ev: bytes) -> bytes | None:
     """The joined `data:` lines of one event, or None if it has none."""
-    lines = [
-        line[5:].lstrip(b" ") if line.startswith(b"data:") else None
-        for line in ev.split(b"\n")
-    ]
+    lines = [line[5:].lstrip(b" ") if line.startswith(b"data:") else None for line in ev.split(b"\n")]
     data = [x for x in lines if x is not None]
     return b"\n".join(data) if data else None
 

@@ -157,12 +157,7 @@ class Call:
         body = self.body
         if body is None:
             return self.raw_body
-        if (
-            not self.body_dirty
-            and not overrides
-            and not target.body_extra
-            and body.get("model") == target.model
-        ):
+        if not self.body_dirty and not overrides and not target.body_extra and body.get("model") == target.model:
             return self.raw_body
         out = dict(body)
         out["model"] = target.model

@@ -12,7 +12,7 @@ import secrets
 
 from ..errors import AuthenticationFailed
 from ..hookspecs import hookimpl
-from ..types import Client, Call
+from ..types import Call, Client
 
 ANONYMOUS = Client("anonymous")
 

@@ -74,15 +74,29 @@ class DemoProvider(Provider):
             message: dict[str, Any] = {"role": "assistant", "content": None if tool else answer, "refusal": None}
             if tool:
                 message["tool_calls"] = [_tool_call(rid, tool)]
-            choice = {"index": 0, "message": message, "logprobs": None,
-                      "finish_reason": "tool_calls" if tool else "stop"}
-            out = {"id": rid, "object": "chat.completion", "created": int(time.time()), "model": target.model,
-                   "choices": [choice], "usage": _usage(usage)}
+            choice = {
+                "index": 0,
+                "message": message,
+                "logprobs": None,
+                "finish_reason": "tool_calls" if tool else "stop",
+            }
+            out = {
+                "id": rid,
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": target.model,
+                "choices": [choice],
+                "usage": _usage(usage),
+            }
         else:
-            out = {"id": rid.replace("chatcmpl", "cmpl"), "object": "text_completion", "created": int(time.time()),
-                   "model": target.model,
-                   "choices": [{"index": 0, "text": answer, "logprobs": None, "finish_reason": "stop"}],
-                   "usage": _usage(usage)}
+            out = {
+                "id": rid.replace("chatcmpl", "cmpl"),
+                "object": "text_completion",
+                "created": int(time.time()),
+                "model": target.model,
+                "choices": [{"index": 0, "text": answer, "logprobs": None, "finish_reason": "stop"}],
+                "usage": _usage(usage),
+            }
         return Reply(body=orjson.dumps(out))
 
     async def _chat_stream(
@@ -91,8 +105,15 @@ class DemoProvider(Provider):
         created = int(time.time())
 
         def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
-            return event({"id": rid, "object": "chat.completion.chunk", "created": created, "model": target.model,
-                          "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]})
+            return event(
+                {
+                    "id": rid,
+                    "object": "chat.completion.chunk",
+                    "created": created,
+                    "model": target.model,
+                    "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}],
+                }
+            )
 
         yield chunk({"role": "assistant", "content": ""})
         if tool:
@@ -103,8 +124,16 @@ class DemoProvider(Provider):
                 yield chunk({"content": word})
         yield chunk({}, "tool_calls" if tool else "stop")
         if call.include_usage:
-            yield event({"id": rid, "object": "chat.completion.chunk", "created": created, "model": target.model,
-                         "choices": [], "usage": _usage(usage)})
+            yield event(
+                {
+                    "id": rid,
+                    "object": "chat.completion.chunk",
+                    "created": created,
+                    "model": target.model,
+                    "choices": [],
+                    "usage": _usage(usage),
+                }
+            )
         yield DONE
 
     async def _completion_stream(
@@ -112,15 +141,37 @@ class DemoProvider(Provider):
     ) -> AsyncIterator[bytes]:
         created = int(time.time())
         rid = rid.replace("chatcmpl", "cmpl")
-        for i, word in enumerate(_words(answer)):
+        for _i, word in enumerate(_words(answer)):
             await self._pause()
-            yield event({"id": rid, "object": "text_completion", "created": created, "model": target.model,
-                         "choices": [{"index": 0, "text": word, "logprobs": None, "finish_reason": None}]})
-        yield event({"id": rid, "object": "text_completion", "created": created, "model": target.model,
-                     "choices": [{"index": 0, "text": "", "logprobs": None, "finish_reason": "stop"}]})
+            yield event(
+                {
+                    "id": rid,
+                    "object": "text_completion",
+                    "created": created,
+                    "model": target.model,
+                    "choices": [{"index": 0, "text": word, "logprobs": None, "finish_reason": None}],
+                }
+            )
+        yield event(
+            {
+                "id": rid,
+                "object": "text_completion",
+                "created": created,
+                "model": target.model,
+                "choices": [{"index": 0, "text": "", "logprobs": None, "finish_reason": "stop"}],
+            }
+        )
         if call.include_usage:
-            yield event({"id": rid, "object": "text_completion", "created": created, "model": target.model,
-                         "choices": [], "usage": _usage(usage)})
+            yield event(
+                {
+                    "id": rid,
+                    "object": "text_completion",
+                    "created": created,
+                    "model": target.model,
+                    "choices": [],
+                    "usage": _usage(usage),
+                }
+            )
         yield DONE
 
     async def _pause(self) -> None:
@@ -139,8 +190,12 @@ class DemoProvider(Provider):
             data.append({"object": "embedding", "index": i, "embedding": value})
         tokens = sum(_tokens(t) if isinstance(t, str) else len(t) for t in texts)
         call.usage = Usage(tokens, 0)
-        out = {"object": "list", "data": data, "model": target.model,
-               "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+        out = {
+            "object": "list",
+            "data": data,
+            "model": target.model,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
         return Reply(body=orjson.dumps(out))
 
 
@@ -181,8 +236,11 @@ def _tool_call(rid: str, name: str) -> dict[str, Any]:
 
 
 def _usage(usage: Usage) -> dict[str, int]:
-    return {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
-            "total_tokens": usage.total_tokens}
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.total_tokens,
+    }
 
 
 @hookimpl

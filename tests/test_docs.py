@@ -1,0 +1,46 @@
+"""Documentation stays in step with the code."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pluggy
+
+from proxy import hookspecs
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def declared_hooks() -> list[str]:
+    marker = f"{hookspecs.PROJECT}_spec"
+    return sorted(name for name, fn in vars(hookspecs).items() if callable(fn) and hasattr(fn, marker))
+
+
+def test_hookspecs_are_found() -> None:
+    names = declared_hooks()
+    assert "register_providers" in names
+    assert set(hookspecs.STAGES) <= set(names)
+    # pluggy agrees with what we scanned.
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    assert sorted(pm.hook.__dict__) == names
+
+
+def test_every_hook_is_documented_for_plugin_authors() -> None:
+    text = (ROOT / "docs" / "plugins.md").read_text()
+    headings = set(re.findall(r"^### `(\w+)`", text, flags=re.MULTILINE))
+    missing = [name for name in declared_hooks() if name not in headings]
+    assert not missing, f"hooks missing from docs/plugins.md: {missing}"
+    stale = sorted(headings - set(declared_hooks()))
+    assert not stale, f"docs/plugins.md documents hooks that do not exist: {stale}"
+
+
+def test_every_hook_has_a_docstring() -> None:
+    for name in declared_hooks():
+        doc = getattr(hookspecs, name).__doc__ or ""
+        assert "Called by the core" in doc and ":return:" in doc, name
+
+
+def test_readme_points_plugin_authors_at_the_guide() -> None:
+    assert "docs/plugins.md" in (ROOT / "README.md").read_text()
