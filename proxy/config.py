@@ -62,7 +62,6 @@ class ServerSettings:
     port: int = 8080
     max_body_size: int = 16 * 1024 * 1024
     log_level: str = "INFO"
-    trust_request_id: bool = True
 
 
 @dataclass(slots=True)
@@ -183,7 +182,6 @@ def _server(opts: Options) -> ServerSettings:
     s.port = opts.int("port", s.port)
     s.max_body_size = parse_size(opts, "max_body_size", s.max_body_size)
     s.log_level = opts.str("log_level", s.log_level, choices=("DEBUG", "INFO", "WARNING", "ERROR"))
-    s.trust_request_id = opts.bool("trust_request_id", s.trust_request_id)
     opts.check_unused()
     return s
 

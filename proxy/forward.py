@@ -28,13 +28,14 @@ from .errors import (
 from .request import check_body, parse_json, read_body
 from .responses import error_response, request_id_of
 from .runtime import Runtime
-from .types import MODELS, PASSTHROUGH, Call, Reply
+from .types import MODELS, PASSTHROUGH, Call, Client, Reply
 
 if TYPE_CHECKING:
     from .app import Gateway
 
 log = logging.getLogger("relaygate")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Work = Callable[[web.Request, Runtime, Call], Awaitable[web.StreamResponse]]
 
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
@@ -45,74 +46,70 @@ class Forwarder:
 
     # -------------------------------------------------------------- handlers
 
-    def model_call(self, endpoint: str) -> Handler:
+    def _handler(self, endpoint: str, work: Work) -> Handler:
+        """Wrap `work` with what every request gets: a runtime held to the end, one
+        `Call`, errors rendered as OpenAI JSON, and the `log_request` stage."""
+
         async def handle(request: web.Request) -> web.StreamResponse:
             runtime = self.gateway.current
             runtime.enter()
             call = _new_call(request, runtime, endpoint)
             try:
-                try:
-                    raw = await read_body(request, runtime.config.server.max_body_size)
-                    call.raw_body = raw
-                    body = parse_json(raw)
-                    deployment = request.match_info.get("deployment")
-                    if deployment and "model" not in body:
-                        body["model"] = deployment  # Azure-style path; bytes now differ
-                        call.body_dirty = True
-                    call.body = body
-                    call.model, call.stream = check_body(endpoint, body)
-                    await self._authorize(runtime, call)
-                    await self._route(runtime, call)
-                    await runtime.chain.each("rewrite_request", call=call)
-                    reply, first = await self._attempt(runtime, call)
-                except GatewayError as exc:
-                    return await self._fail(request, call, exc)
-                return await self._respond(request, call, reply, first)
+                return await work(request, runtime, call)
+            except GatewayError as exc:
+                return await self._fail(request, call, exc)
+            except asyncio.CancelledError:
+                call.error = call.error or "client_disconnected"
+                call.status = call.status or 499
+                raise
             finally:
                 await self._log(runtime, call)
                 runtime.leave()
 
         return handle
 
-    async def passthrough(self, request: web.Request) -> web.StreamResponse:
-        runtime = self.gateway.current
-        runtime.enter()
-        call = _new_call(request, runtime, PASSTHROUGH)
-        call.path = request.match_info["tail"]
-        try:
-            try:
-                if request.method not in ("GET", "HEAD", "DELETE"):
-                    call.raw_body = await read_body(request, runtime.config.server.max_body_size)
-                if call.raw_body[:1] == b"{" and request.content_type == "application/json":
-                    call.body = parse_json(call.raw_body)
-                    model = call.body.get("model")
-                    call.model = model if isinstance(model, str) else None
-                    call.stream = call.body.get("stream") is True
-                await self._authorize(runtime, call)
-                targets = await runtime.chain.first("route", call=call)
-                call.targets = [t for t in targets or () if t.provider.supports_passthrough]
-                if not call.targets:
-                    raise NotFound(f"Invalid URL ({request.method} /v1/{call.path})", code="unknown_url")
-                await runtime.chain.each("rewrite_request", call=call)
-                reply, first = await self._attempt(runtime, call)
-            except GatewayError as exc:
-                return await self._fail(request, call, exc)
+    def model_call(self, endpoint: str) -> Handler:
+        async def work(request: web.Request, runtime: Runtime, call: Call) -> web.StreamResponse:
+            call.raw_body = await read_body(request, runtime.config.server.max_body_size)
+            body = parse_json(call.raw_body)
+            deployment = request.match_info.get("deployment")
+            if deployment and "model" not in body:
+                body["model"] = deployment  # Azure-style path; the bytes now differ
+                call.body_dirty = True
+            call.body = body
+            call.model, call.stream = check_body(endpoint, body)
+            await self._authorize(runtime, call)
+            await self._route(runtime, call)
+            await runtime.chain.each("rewrite_request", call=call)
+            reply, first = await self._attempt(runtime, call)
             return await self._respond(request, call, reply, first)
-        finally:
-            await self._log(runtime, call)
-            runtime.leave()
 
-    async def list_models(self, request: web.Request) -> web.StreamResponse:
-        runtime = self.gateway.current
-        call = _new_call(request, runtime, MODELS)
+        return self._handler(endpoint, work)
+
+    async def _passthrough(self, request: web.Request, runtime: Runtime, call: Call) -> web.StreamResponse:
+        call.path = request.match_info["tail"]
+        if request.method not in ("GET", "HEAD", "DELETE"):
+            call.raw_body = await read_body(request, runtime.config.server.max_body_size)
+        if call.raw_body[:1] == b"{" and request.content_type == "application/json":
+            call.body = parse_json(call.raw_body)
+            model = call.body.get("model")
+            call.model = model if isinstance(model, str) else None
+            call.stream = call.body.get("stream") is True
+        await self._authorize(runtime, call)
+        targets = await runtime.chain.first("route", call=call)
+        call.targets = [t for t in targets or () if t.provider.supports_passthrough]
+        if not call.targets:
+            raise NotFound(f"Invalid URL ({request.method} /v1/{call.path})", code="unknown_url")
+        await runtime.chain.each("rewrite_request", call=call)
+        reply, first = await self._attempt(runtime, call)
+        return await self._respond(request, call, reply, first)
+
+    async def _list_models(self, request: web.Request, runtime: Runtime, call: Call) -> web.StreamResponse:
         client = await self._authorize(runtime, call)
         models = await runtime.models_for(client)
-        body = {"object": "list", "data": [m.to_dict() for m in models]}
-        return _json(body, call)
+        return _json({"object": "list", "data": [m.to_dict() for m in models]}, call)
 
-    async def get_model(self, request: web.Request) -> web.StreamResponse:
-        runtime = self.gateway.current
-        call = _new_call(request, runtime, MODELS)
+    async def _get_model(self, request: web.Request, runtime: Runtime, call: Call) -> web.StreamResponse:
         call.model = request.match_info["model"]
         client = await self._authorize(runtime, call)
         info = await runtime.find_model(client, call.model)
@@ -120,9 +117,21 @@ class Forwarder:
             raise ModelNotFound(f"The model '{call.model}' does not exist", param="model")
         return _json(info.to_dict(), call)
 
+    @property
+    def passthrough(self) -> Handler:
+        return self._handler(PASSTHROUGH, self._passthrough)
+
+    @property
+    def list_models(self) -> Handler:
+        return self._handler(MODELS, self._list_models)
+
+    @property
+    def get_model(self) -> Handler:
+        return self._handler(MODELS, self._get_model)
+
     # -------------------------------------------------------------- stages
 
-    async def _authorize(self, runtime: Runtime, call: Call):  # type: ignore[no-untyped-def]
+    async def _authorize(self, runtime: Runtime, call: Call) -> Client:
         client = await runtime.chain.first("authenticate", call=call)
         if client is None:
             raise AuthenticationFailed("No plugin accepted the request's credentials.")
@@ -197,7 +206,10 @@ class Forwarder:
                 await resp.write(first)
             async for chunk in stream:
                 await resp.write(chunk)
-        except GatewayError as exc:
+        except Exception as exc:
+            if not isinstance(exc, GatewayError):
+                log.exception("request %s: stream failed", call.request_id)
+                exc = GatewayError("The stream failed in the gateway.", code="internal_error")
             call.error = exc.code or exc.type
             log.warning("request %s: stream failed after it started: %s", call.request_id, exc.message)
             if is_sse:
@@ -250,6 +262,7 @@ def _new_call(request: web.Request, runtime: Runtime, endpoint: str) -> Call:
 
 
 def _json(body: object, call: Call) -> web.Response:
+    call.status = 200
     return web.Response(
         body=orjson.dumps(body), content_type="application/json", headers={"x-request-id": call.request_id}
     )

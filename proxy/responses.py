@@ -13,10 +13,14 @@ _REQUEST_ID = re.compile(r"^[\w.:\-]{1,128}$")
 
 
 def request_id_of(request: web.Request) -> str:
-    rid = request.headers.get("x-request-id")
-    if rid and _REQUEST_ID.match(rid):
-        return rid
-    return "req_" + os.urandom(12).hex()
+    """The client's `x-request-id` if it is sane, else a new one; the same all request long."""
+    rid: str | None = request.get("request_id")
+    if rid is None:
+        rid = request.headers.get("x-request-id")
+        if not (rid and _REQUEST_ID.match(rid)):
+            rid = "req_" + os.urandom(12).hex()
+        request["request_id"] = rid
+    return rid
 
 
 def error_response(exc: GatewayError, request_id: str) -> web.Response:
