@@ -29,20 +29,28 @@ log = logging.getLogger("relaygate.plugins")
 Impl = Callable[..., Any]
 
 
+class PluginManager(pluggy.PluginManager):
+    """pluggy's manager plus the distribution each entry point came from."""
+
+    def __init__(self) -> None:
+        super().__init__(hookspecs.PROJECT)
+        self.add_hookspecs(hookspecs)
+        self.distributions: dict[str, importlib.metadata.Distribution] = {}
+
+
 def make_plugin_manager(
     *,
     block: Iterable[str] = (),
     only: Iterable[str] | None = None,
     extra: Iterable[tuple[str, object]] = (),
-) -> pluggy.PluginManager:
+) -> PluginManager:
     """A fresh manager with the `relaygate.plugins` entry points loaded.
 
     :param block: entry-point names not to load (config `plugins.block`).
     :param only: if given, load just these entry-point names (config `plugins.only`).
     :param extra: (name, plugin) pairs registered after the entry points (tests, embedding).
     """
-    pm = pluggy.PluginManager(hookspecs.PROJECT)
-    pm.add_hookspecs(hookspecs)
+    pm = PluginManager()
     wanted = set(only) if only is not None else None
     for name in block:
         pm.set_blocked(name)
@@ -53,7 +61,8 @@ def make_plugin_manager(
             continue
         plugin = ep.load()
         pm.register(plugin, name=ep.name)
-        pm._plugin_distinfo.append((plugin, ep.dist))  # what pluggy's own loader records
+        if ep.dist is not None:
+            pm.distributions[ep.name] = ep.dist
     for name, plugin in extra:
         pm.register(plugin, name=name)
     if os.environ.get(TRACE_ENV):
@@ -88,15 +97,14 @@ def provider_types(pm: pluggy.PluginManager) -> tuple[dict[str, type[Provider]],
     return types, owners
 
 
-def describe(pm: pluggy.PluginManager) -> list[PluginInfo]:
+def describe(pm: PluginManager) -> list[PluginInfo]:
     """What `relaygate plugins` prints."""
-    dists = {id(plugin): dist for plugin, dist in pm.list_plugin_distinfo()}
     _, owners = provider_types(pm)
     infos = []
     for name, plugin in sorted(pm.list_name_plugin(), key=lambda item: item[0]):
         if plugin is None:
             continue
-        dist = dists.get(id(plugin))
+        dist = pm.distributions.get(name)
         hooks = sorted(h.name for h in pm.get_hookcallers(plugin) or ())
         infos.append(
             PluginInfo(
