@@ -42,7 +42,9 @@ class Gateway:
         return self.runtime
 
     async def start(self, preloaded: Runtime | None = None) -> None:
-        runtime = preloaded or await asyncio.to_thread(load_runtime, self.config_path, self.extra_plugins)
+        runtime = preloaded
+        if runtime is None:
+            runtime = await asyncio.to_thread(load_runtime, self.config_path, self.extra_plugins)
         await runtime.start()
         self.runtime = runtime
         if runtime.config.open:

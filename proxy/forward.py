@@ -190,45 +190,44 @@ class Forwarder:
         if reply.stream is None:
             resp = web.Response(status=reply.status, body=reply.body, headers=headers)
             resp.content_type = reply.content_type
-            await resp.prepare(request)
-            call.first_byte = time.perf_counter()
-            await resp.write_eof()
-            return resp
+            return await _send(request, resp, call)
 
         stream = reply.stream
         is_sse = reply.content_type.startswith("text/event-stream")
-        resp = web.StreamResponse(status=reply.status, headers={**headers, **(_SSE_HEADERS if is_sse else {})})
-        resp.content_type = reply.content_type
+        sresp = web.StreamResponse(status=reply.status, headers={**headers, **(_SSE_HEADERS if is_sse else {})})
+        sresp.content_type = reply.content_type
         try:
-            await resp.prepare(request)
+            await sresp.prepare(request)
             call.first_byte = time.perf_counter()
             if first:
-                await resp.write(first)
+                await sresp.write(first)
             async for chunk in stream:
-                await resp.write(chunk)
-        except Exception as exc:
-            if not isinstance(exc, GatewayError):
-                log.exception("request %s: stream failed", call.request_id)
-                exc = GatewayError("The stream failed in the gateway.", code="internal_error")
-            call.error = exc.code or exc.type
-            log.warning("request %s: stream failed after it started: %s", call.request_id, exc.message)
-            if is_sse:
-                await resp.write(exc.to_sse())
-        except (ConnectionResetError, asyncio.CancelledError):
+                await sresp.write(chunk)
+        except ConnectionResetError:
+            # The client left: closing the stream (below) closes the upstream request.
+            call.error = "client_disconnected"
+            return sresp
+        except asyncio.CancelledError:
             call.error = "client_disconnected"
             raise
+        except Exception as exc:
+            err = exc if isinstance(exc, GatewayError) else None
+            if err is None:
+                log.exception("request %s: stream failed", call.request_id)
+                err = GatewayError("The stream failed in the gateway.", code="internal_error")
+            call.error = err.code or err.type
+            log.warning("request %s: stream failed after it started: %s", call.request_id, err.message)
+            if is_sse:
+                await sresp.write(err.to_sse())
         finally:
             await stream.aclose()
-        await resp.write_eof()
-        return resp
+        await sresp.write_eof()
+        return sresp
 
     async def _fail(self, request: web.Request, call: Call, exc: GatewayError) -> web.StreamResponse:
         call.status = exc.status
         call.error = exc.code or exc.type
-        resp = error_response(exc, call.request_id)
-        await resp.prepare(request)
-        await resp.write_eof()
-        return resp
+        return await _send(request, error_response(exc, call.request_id), call)
 
     async def _log(self, runtime: Runtime, call: Call) -> None:
         try:
@@ -237,14 +236,27 @@ class Forwarder:
             log.exception("log_request hook failed")
 
 
+async def _send(request: web.Request, resp: web.Response, call: Call) -> web.Response:
+    """Write a whole response now, so `log_request` runs after it has left."""
+    try:
+        await resp.prepare(request)
+        call.first_byte = time.perf_counter()
+        await resp.write_eof()
+    except ConnectionResetError:
+        # The client left. Returning the response lets aiohttp finish quietly instead
+        # of logging a 500 that nobody would receive.
+        call.error = "client_disconnected"
+    return resp
+
+
 async def _first_chunk(reply: Reply) -> bytes:
     assert reply.stream is not None
     try:
-        return await anext(reply.stream)  # type: ignore[arg-type]
+        return await anext(reply.stream)
     except StopAsyncIteration:
         return b""
     except BaseException:
-        await reply.stream.aclose()  # type: ignore[attr-defined]
+        await reply.stream.aclose()
         raise
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from typing import Any
 
 import aiohttp
@@ -268,7 +268,7 @@ class OpenAICompatibleProvider(Provider):
             return None
         return parse_usage(parsed.get("usage")) if isinstance(parsed, dict) else None
 
-    async def _relay_raw(self, resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+    async def _relay_raw(self, resp: aiohttp.ClientResponse) -> AsyncGenerator[bytes, None]:
         ok = False
         try:
             async for data in resp.content.iter_any():
@@ -279,7 +279,9 @@ class OpenAICompatibleProvider(Provider):
         finally:
             resp.release() if ok else resp.close()
 
-    async def _relay_events(self, call: Call, target: Target, resp: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+    async def _relay_events(
+        self, call: Call, target: Target, resp: aiohttp.ClientResponse
+    ) -> AsyncGenerator[bytes, None]:
         """Relay SSE bytes; only the rare block holding a usage object is parsed."""
         want_usage = call.include_usage
         transform = self.stream_filter(call, target)

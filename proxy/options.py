@@ -6,6 +6,7 @@ errors read the same: `config.yaml:12: providers.azure.api_version: expected a s
 
 from __future__ import annotations
 
+import builtins
 import os
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TypeVar
@@ -56,18 +57,18 @@ class Options:
 
     def __init__(
         self,
-        data: Mapping[str, Any] | None,
+        data: Mapping[builtins.str, Any] | None,
         path: tuple[Any, ...] = (),
         locate: Locator = _no_location,
     ) -> None:
-        self.data: Mapping[str, Any] = data or {}
+        self.data: Mapping[builtins.str, Any] = data or {}
         self.path = path
         self._locate = locate
-        self._read: set[str] = set()
+        self._read: set[builtins.str] = set()
 
     # -------------------------------------------------------------- errors
 
-    def error(self, key: str | None, expected: str) -> ConfigError:
+    def error(self, key: builtins.str | None, expected: builtins.str) -> ConfigError:
         path = self.path + ((key,) if key is not None else ())
         return ConfigError(f"{self._locate(path)}: {format_path(path) or '<top>'}: {expected}")
 
@@ -79,17 +80,17 @@ class Options:
 
     # -------------------------------------------------------------- reads
 
-    def __contains__(self, key: str) -> bool:
+    def __contains__(self, key: builtins.str) -> builtins.bool:
         return key in self.data
 
-    def keys(self) -> Iterator[str]:
+    def keys(self) -> Iterator[builtins.str]:
         return iter(self.data)
 
-    def raw(self, key: str, default: Any = None) -> Any:
+    def raw(self, key: builtins.str, default: Any = None) -> Any:
         self._read.add(key)
         return self.data.get(key, default)
 
-    def _get(self, key: str, default: Any, kinds: tuple[type, ...], expected: str) -> Any:
+    def _get(self, key: builtins.str, default: Any, kinds: tuple[type, ...], expected: builtins.str) -> Any:
         self._read.add(key)
         if key not in self.data or self.data[key] is None:
             if default is _MISSING:
@@ -102,35 +103,37 @@ class Options:
             raise self.error(key, f"expected {expected}, got {type(value).__name__} {value!r}")
         return value
 
-    def str(self, key: str, default: Any = _MISSING, *, choices: tuple[str, ...] | None = None) -> Any:
+    def str(
+        self, key: builtins.str, default: Any = _MISSING, *, choices: tuple[builtins.str, ...] | None = None
+    ) -> Any:
         value = self._get(key, default, (str,), "a string")
         if choices is not None and value is not None and value not in choices:
             raise self.error(key, f"expected one of {', '.join(choices)}, got {value!r}")
         return value
 
-    def secret(self, key: str, *, env: str | None = None) -> str | None:
+    def secret(self, key: builtins.str, *, env: builtins.str | None = None) -> builtins.str | None:
         """A credential from the block, else from `env`; never echoed in errors."""
         value = self._get(key, None, (str,), "a string")
         if value is None and env:
             value = os.environ.get(env) or None
         return value
 
-    def number(self, key: str, default: Any = _MISSING, *, minimum: float = 0) -> Any:
+    def number(self, key: builtins.str, default: Any = _MISSING, *, minimum: float = 0) -> Any:
         value = self._get(key, default, (int, float), "a number")
         if value is not None and value < minimum:
             raise self.error(key, f"expected a number >= {minimum}, got {value!r}")
         return value
 
-    def int(self, key: str, default: Any = _MISSING, *, minimum: int = 0) -> Any:
+    def int(self, key: builtins.str, default: Any = _MISSING, *, minimum: builtins.int = 0) -> Any:
         value = self._get(key, default, (int,), "a whole number")
         if value is not None and value < minimum:
             raise self.error(key, f"expected a whole number >= {minimum}, got {value!r}")
         return value
 
-    def bool(self, key: str, default: Any = _MISSING) -> Any:
+    def bool(self, key: builtins.str, default: Any = _MISSING) -> Any:
         return self._get(key, default, (bool,), "true or false")
 
-    def url(self, key: str, default: Any = _MISSING) -> Any:
+    def url(self, key: builtins.str, default: Any = _MISSING) -> Any:
         value = self._get(key, default, (str,), "an http(s) URL")
         if value is not None:
             parts = urlsplit(value)
@@ -139,7 +142,7 @@ class Options:
             value = value.rstrip("/")
         return value
 
-    def str_list(self, key: str, default: Any = _MISSING) -> Any:
+    def str_list(self, key: builtins.str, default: Any = _MISSING) -> Any:
         value = self._get(key, default, (list, str), "a list of strings")
         if isinstance(value, str):
             value = [value]
@@ -147,12 +150,12 @@ class Options:
             raise self.error(key, "expected a list of strings")
         return value
 
-    def str_map(self, key: str, default: Any = _MISSING) -> Any:
+    def str_map(self, key: builtins.str, default: Any = _MISSING) -> Any:
         value = self._get(key, default, (dict,), "a mapping of strings")
         if value is not None and not all(isinstance(v, str) for v in value.values()):
             raise self.error(key, "expected every value to be a string")
         return value
 
-    def block(self, key: str, *, required: bool = False) -> Options:
+    def block(self, key: builtins.str, *, required: builtins.bool = False) -> Options:
         value = self._get(key, _MISSING if required else None, (dict,), "a mapping")
         return Options(value, (*self.path, key), self._locate)

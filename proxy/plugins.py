@@ -133,7 +133,7 @@ def _bind(impl: pluggy.HookImpl, trace: bool) -> Impl:
         if is_async:
 
             async def call_async(**kw: Any) -> Any:
-                return await fn(*[kw[a] for a in argnames])
+                return await fn(*[kw[a] for a in argnames])  # type: ignore[misc]  # checked: coroutine function
 
             return call_async
 

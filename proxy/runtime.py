@@ -109,9 +109,14 @@ class Runtime:
                 continue
             for spec in rule.targets:
                 for info in listings.get(spec.provider) or ():
-                    name = _client_name(spec.model, info.id)
-                    if name is not None and name not in out and client.allows(name) and self.first_route(name) is rule:
-                        out[name] = ModelInfo(name, info.owned_by, info.created)
+                    alias = _client_name(spec.model, info.id)
+                    if (
+                        alias is not None
+                        and alias not in out
+                        and client.allows(alias)
+                        and self.first_route(alias) is rule
+                    ):
+                        out[alias] = ModelInfo(alias, info.owned_by, info.created)
         return list(out.values())
 
     async def find_model(self, client: Client, model: str) -> ModelInfo | None:

@@ -68,7 +68,9 @@ class FakeServer:
             raise
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         try:
             if self._runner is not None:
                 self.call(self._runner.cleanup())

@@ -7,7 +7,7 @@ One `Call` per client request; one `Target` per upstream attempt (a fallback is 
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import TYPE_CHECKING, Any
@@ -102,7 +102,7 @@ class Reply:
 
     status: int = 200
     body: bytes | None = None
-    stream: AsyncIterator[bytes] | None = None
+    stream: AsyncGenerator[bytes, None] | None = None
     headers: Mapping[str, str] | None = None
     content_type: str = "application/json"
 

@@ -13,7 +13,7 @@ import hashlib
 import math
 import struct
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 import orjson
@@ -101,7 +101,7 @@ class DemoProvider(Provider):
 
     async def _chat_stream(
         self, call: Call, target: Target, rid: str, answer: str, usage: Usage, tool: str | None
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         created = int(time.time())
 
         def chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
@@ -138,7 +138,7 @@ class DemoProvider(Provider):
 
     async def _completion_stream(
         self, call: Call, target: Target, rid: str, answer: str, usage: Usage, tool: str | None
-    ) -> AsyncIterator[bytes]:
+    ) -> AsyncGenerator[bytes, None]:
         created = int(time.time())
         rid = rid.replace("chatcmpl", "cmpl")
         for _i, word in enumerate(_words(answer)):
@@ -181,7 +181,8 @@ class DemoProvider(Provider):
     def _embeddings(self, call: Call, target: Target, body: dict[str, Any]) -> Reply:
         raw = body.get("input")
         texts = [raw] if isinstance(raw, str) else list(raw or ())
-        dims = body.get("dimensions") if isinstance(body.get("dimensions"), int) else self.dimensions
+        requested = body.get("dimensions")
+        dims: int = requested if isinstance(requested, int) and requested > 0 else self.dimensions
         as_base64 = body.get("encoding_format") == "base64"
         data = []
         for i, text in enumerate(texts):
