@@ -1,0 +1,408 @@
+"""relaygate benchmark runner: mock upstream, bare forwarder and gateway on loopback.
+
+    python bench/run.py                       # everything, ~2 minutes
+    python bench/run.py --targets gateway,bare --concurrency 1 --mode stream --duration 5
+    python bench/run.py --skip-throughput     # only start-up and memory
+
+Starts every process itself on free 127.0.0.1 ports, warms each scenario up, measures
+and prints Markdown tables (see bench/README.md for what each number means). Every
+phase is bounded by time; nothing here talks to a non-loopback address.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import platform
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+import uvloop
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from loadgen import Result, build_request, open_streams, percentile, run_load
+
+HOST = "127.0.0.1"
+BENCH = Path(__file__).resolve().parent
+CLIENT_KEY = "sk-client-bench-0123456789"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+TARGETS = ("direct", "bare", "gateway")
+
+
+# ---------------------------------------------------------------- request bodies
+
+
+def chat_body(stream: bool, model: str = "bench-model") -> bytes:
+    """A ~1 KB chat request, like the DESIGN §3 measurement."""
+    body: dict[str, object] = {
+        "model": model,
+        "messages": [
+            {"role": "system", "content": "You are a terse assistant used by a load test. " * 6},
+            {"role": "user", "content": "Summarise the benchmark methodology in one paragraph, please. " * 10},
+        ],
+        "temperature": 0.2,
+        "max_tokens": 256,
+    }
+    if stream:
+        body["stream"] = True
+    return orjson.dumps(body)
+
+
+def request_bytes(port: int, stream: bool, model: str = "bench-model") -> bytes:
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {CLIENT_KEY}"}
+    return build_request(HOST, port, "/v1/chat/completions", chat_body(stream, model), headers)
+
+
+# ---------------------------------------------------------------- processes
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return int(s.getsockname()[1])
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of the whole process (all its threads), in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def count_lines(path: str) -> int:
+    return Path(path).read_bytes().count(b"\n")
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+@dataclass
+class Proc:
+    name: str
+    popen: subprocess.Popen[bytes]
+    port: int
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def stop(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGINT)
+            try:
+                self.popen.wait(5)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+
+
+def wait_ready(proc: Proc, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.popen.poll() is not None:
+            raise RuntimeError(f"{proc.name} exited with {proc.popen.returncode} (see its log in the work dir)")
+        with contextlib.suppress(OSError), socket.create_connection((HOST, proc.port), timeout=0.2):
+            return
+        time.sleep(0.01)
+    raise RuntimeError(f"{proc.name} did not listen on {proc.port} within {timeout} s")
+
+
+def spawn(name: str, argv: list[str], port: int, workdir: Path, stdout: str | None = None) -> Proc:
+    out = open(stdout or workdir / f"{name}.out", "wb")  # noqa: SIM115 - owned by the child
+    err = open(workdir / f"{name}.err", "wb")  # noqa: SIM115
+    popen = subprocess.Popen(argv, stdout=out, stderr=err, cwd=BENCH.parent)
+    out.close()
+    err.close()
+    return Proc(name, popen, port)
+
+
+def gateway_config(workdir: Path, upstream_port: int) -> Path:
+    path = workdir / "gateway.yaml"
+    path.write_text(
+        "server:\n"
+        "  host: 127.0.0.1\n"
+        "  log_level: INFO\n"
+        "clients:\n"
+        "  keys:\n"
+        f"    - {{name: bench, key: {CLIENT_KEY}}}\n"
+        "providers:\n"
+        f"  up: {{type: openai, base_url: 'http://127.0.0.1:{upstream_port}/v1', api_key: sk-bench,"
+        " max_connections: 2048}\n"
+        "routes:\n"
+        '  - {model: "*", to: up}\n'
+    )
+    return path
+
+
+def relaygate_argv() -> list[str]:
+    exe = shutil.which("relaygate")
+    return [exe] if exe else [sys.executable, "-m", "proxy"]
+
+
+def start_mock(workdir: Path, chunks: int) -> Proc:
+    port = free_port()
+    proc = spawn("mock", [sys.executable, str(BENCH / "mock_upstream.py"), "--port", str(port),
+                          "--chunks", str(chunks)], port, workdir)
+    wait_ready(proc)
+    return proc
+
+
+def start_bare(workdir: Path, upstream: int) -> Proc:
+    port = free_port()
+    proc = spawn("bare", [sys.executable, str(BENCH / "bare_forwarder.py"), "--port", str(port),
+                          "--upstream", f"http://{HOST}:{upstream}"], port, workdir)
+    wait_ready(proc)
+    return proc
+
+
+def start_gateway(workdir: Path, config: Path, access_log: str) -> Proc:
+    port = free_port()
+    argv = [*relaygate_argv(), "serve", "--config", str(config), "--port", str(port)]
+    proc = spawn("gateway", argv, port, workdir, stdout=access_log)
+    wait_ready(proc)
+    return proc
+
+
+# ---------------------------------------------------------------- measuring
+
+
+@dataclass
+class Row:
+    mode: str
+    concurrency: int
+    target: str
+    result: Result
+    proxy_cpu_ms: float | None  # per request
+    mock_cpu_ms: float
+
+    def lat(self, q: float) -> float:
+        return percentile(self.result.latencies, q) * 1e3
+
+    def ttfb(self, q: float) -> float:
+        return percentile(self.result.ttfbs, q) * 1e3
+
+    def key(self, q: float) -> float:
+        """The latency that the budget talks about: full latency, or TTFB for streams."""
+        return self.ttfb(q) if self.mode == "stream" else self.lat(q)
+
+
+async def measure(
+    target: str, port: int, proxy_pid: int | None, mock_pid: int, *, stream: bool, concurrency: int,
+    duration: float | None, requests: int | None, warmup: float,
+) -> Row:
+    raw = request_bytes(port, stream)
+    await run_load(HOST, port, raw, concurrency=concurrency, duration=warmup, requests=None)
+    cpu0 = cpu_seconds(proxy_pid) if proxy_pid else 0.0
+    mock0 = cpu_seconds(mock_pid)
+    result = await run_load(HOST, port, raw, concurrency=concurrency, duration=duration, requests=requests)
+    n = max(result.count, 1)
+    proxy_cpu = (cpu_seconds(proxy_pid) - cpu0) / n * 1e3 if proxy_pid else None
+    mock_cpu = (cpu_seconds(mock_pid) - mock0) / n * 1e3
+    return Row("stream" if stream else "json", concurrency, target, result, proxy_cpu, mock_cpu)
+
+
+def fmt(value: float | None, digits: int = 3) -> str:
+    return "—" if value is None or value != value else f"{value:.{digits}f}"
+
+
+def throughput_table(rows: list[Row]) -> str:
+    direct = {(r.mode, r.concurrency): r for r in rows if r.target == "direct"}
+    out = [
+        "| mode | conc | target | req/s | p50 ms | p99 ms | TTFB p50 ms | TTFB p99 ms "
+        "| added p50 ms | added p99 ms | proxy CPU ms/req | mock CPU ms/req | errors |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        base = direct.get((r.mode, r.concurrency))
+        added50 = r.key(0.5) - base.key(0.5) if base and r.target != "direct" else None
+        added99 = r.key(0.99) - base.key(0.99) if base and r.target != "direct" else None
+        is_stream = r.mode == "stream"
+        out.append(
+            f"| {r.mode} | {r.concurrency} | {r.target} | {r.result.rps:,.0f} | {fmt(r.lat(0.5))} "
+            f"| {fmt(r.lat(0.99))} | {fmt(r.ttfb(0.5)) if is_stream else '—'} "
+            f"| {fmt(r.ttfb(0.99)) if is_stream else '—'} | {fmt(added50)} | {fmt(added99)} "
+            f"| {fmt(r.proxy_cpu_ms)} | {fmt(r.mock_cpu_ms)} | {r.result.errors} |"
+        )
+    return "\n".join(out)
+
+
+async def startup_time(workdir: Path, config: Path, access_log: str) -> tuple[float, Proc]:
+    """Seconds from exec to the first 200 on /v1/chat/completions; returns the live process."""
+    port = free_port()
+    argv = [*relaygate_argv(), "serve", "--config", str(config), "--port", str(port)]
+    raw = request_bytes(port, False)
+    t0 = time.perf_counter()
+    proc = spawn("gateway-startup", argv, port, workdir, stdout=access_log)
+    deadline = t0 + 20
+    while time.perf_counter() < deadline:
+        if proc.popen.poll() is not None:
+            raise RuntimeError("the gateway exited during start-up")
+        try:
+            result = await run_load(HOST, port, raw, concurrency=1, duration=None, requests=1)
+            if result.count == 1:
+                return time.perf_counter() - t0, proc
+        except OSError:
+            pass
+        await asyncio.sleep(0.005)
+    proc.stop()
+    raise RuntimeError("the gateway served nothing within 20 s")
+
+
+async def memory(proc: Proc, streams: int, timeout: float) -> tuple[float, float, int, float]:
+    """(idle RSS, RSS with `streams` open slow streams, streams that started, RSS after closing)."""
+    await run_load(HOST, proc.port, request_bytes(proc.port, False), concurrency=1, duration=None, requests=20)
+    await asyncio.sleep(0.5)
+    idle = rss_mb(proc.pid)
+    raw = request_bytes(proc.port, True, model="bench-slow")
+    conns, ok = await open_streams(HOST, proc.port, raw, streams, timeout)
+    peak = 0.0
+    for _ in range(10):  # the streams keep ticking (one event/s); take the largest sample
+        peak = max(peak, rss_mb(proc.pid))
+        await asyncio.sleep(0.2)
+    for c in conns:
+        if c.transport is not None:
+            c.transport.close()
+    await asyncio.sleep(1.0)
+    return idle, peak, ok, rss_mb(proc.pid)
+
+
+# ---------------------------------------------------------------- main
+
+
+def versions() -> str:
+    import aiohttp
+
+    import proxy
+
+    return (
+        f"Python {platform.python_version()}, relaygate {proxy.__version__}, aiohttp {aiohttp.__version__}, "
+        f"uvloop {uvloop.__version__}, orjson {orjson.__version__}, {platform.machine()} "
+        f"{os.cpu_count()} CPUs, kernel {platform.release()}"
+    )
+
+
+def plugins_loaded() -> str:
+    out = subprocess.run([*relaygate_argv(), "plugins"], capture_output=True, timeout=30, check=True).stdout
+    return ", ".join(p["name"] for p in orjson.loads(out))
+
+
+@contextlib.contextmanager
+def processes() -> Iterator[list[Proc]]:
+    procs: list[Proc] = []
+    try:
+        yield procs
+    finally:
+        for p in reversed(procs):
+            p.stop()
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    workdir = Path(tempfile.mkdtemp(prefix="relaygate-bench-"))
+    access_log = os.devnull if args.access_log == "devnull" else str(workdir / "access.log")
+    targets = [t for t in args.targets.split(",") if t]
+    modes = {"json": [False], "stream": [True], "both": [False, True]}[args.mode]
+    conc = [int(c) for c in args.concurrency.split(",")]
+    print(f"# relaygate benchmark — {time.strftime('%Y-%m-%d %H:%M:%S %Z')}")
+    print(f"\n{versions()}")
+    print(f"plugins loaded: {plugins_loaded()}")
+    print(f"work dir (configs, process logs): {workdir}; access log: {access_log}")
+    with processes() as procs:
+        mock = start_mock(workdir, args.chunks)
+        procs.append(mock)
+        config = gateway_config(workdir, mock.port)
+        if not args.skip_throughput:
+            ports: dict[str, tuple[int, int | None]] = {"direct": (mock.port, None)}
+            if "bare" in targets:
+                bare = start_bare(workdir, mock.port)
+                procs.append(bare)
+                ports["bare"] = (bare.port, bare.pid)
+            if "gateway" in targets:
+                gw = start_gateway(workdir, config, access_log)
+                procs.append(gw)
+                ports["gateway"] = (gw.port, gw.pid)
+            order = ["direct", *(t for t in TARGETS[1:] if t in targets)]
+            rows: list[Row] = []
+            what = f"{args.requests} requests" if args.requests else f"{args.duration:g} s"
+            print(f"\n## Throughput and latency ({what} per cell after {args.warmup:g} s warm-up, "
+                  f"{args.chunks} chunks per stream)\n", flush=True)
+            for stream in modes:
+                for c in conc:
+                    for target in order:
+                        port, pid = ports[target]
+                        rows.append(await measure(
+                            target, port, pid, mock.pid, stream=stream, concurrency=c,
+                            duration=None if args.requests else args.duration, requests=args.requests,
+                            warmup=args.warmup,
+                        ))
+                        print(f"  .. {rows[-1].mode} c={c} {target}: {rows[-1].result.rps:,.0f} req/s",
+                              file=sys.stderr, flush=True)
+            print(throughput_table(rows))
+            if access_log != os.devnull:
+                lines = count_lines(access_log)
+                print(f"\naccess log: {lines:,} JSON lines written during the run")
+        if not args.skip_memory:
+            print("\n## Start-up and memory\n", flush=True)
+            times = []
+            proc: Proc | None = None
+            for i in range(args.startups):
+                took, proc = await startup_time(workdir, config, access_log)
+                times.append(took)
+                if i < args.startups - 1:
+                    proc.stop()
+            assert proc is not None
+            procs.append(proc)
+            print(f"start-up to first served request: median {statistics.median(times) * 1e3:.0f} ms, "
+                  f"max {max(times) * 1e3:.0f} ms over {len(times)} starts "
+                  f"({', '.join(f'{t * 1e3:.0f}' for t in times)} ms)")
+            print("\n| process | RSS idle MB | RSS with N open streams MB | streams started | RSS after close MB |")
+            print("|---|---:|---:|---:|---:|")
+            mem_targets = [("gateway", proc)]
+            if "bare" in targets:
+                bare_mem = start_bare(workdir, mock.port)
+                procs.append(bare_mem)
+                mem_targets.append(("bare", bare_mem))
+            for name, p in mem_targets:
+                idle, peak, ok, after = await memory(p, args.streams, timeout=30)
+                print(f"| {name} | {idle:.1f} | {peak:.1f} (N={args.streams}) | {ok} | {after:.1f} |", flush=True)
+    print(f"\nmock upstream CPU total: see {workdir}; all processes stopped.")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="relaygate benchmark (loopback only, bounded).")
+    parser.add_argument("--targets", default="gateway,bare",
+                        help="comma list of bare,gateway (direct is always measured as the baseline)")
+    parser.add_argument("--mode", choices=("json", "stream", "both"), default="both")
+    parser.add_argument("--concurrency", default="1,64", help="comma list, e.g. 1,64")
+    parser.add_argument("--duration", type=float, default=4.0, help="seconds measured per cell")
+    parser.add_argument("--requests", type=int, default=None, help="requests per cell instead of a duration")
+    parser.add_argument("--warmup", type=float, default=1.0, help="seconds of warm-up per cell")
+    parser.add_argument("--chunks", type=int, default=20, help="content chunks per mock stream")
+    parser.add_argument("--streams", type=int, default=1000, help="open streams for the memory test")
+    parser.add_argument("--startups", type=int, default=3, help="cold starts timed")
+    parser.add_argument("--access-log", choices=("file", "devnull"), default="file")
+    parser.add_argument("--skip-throughput", action="store_true")
+    parser.add_argument("--skip-memory", action="store_true")
+    args = parser.parse_args()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 8192)), hard))  # children inherit
+    uvloop.run(main_async(args))
+
+
+if __name__ == "__main__":
+    main()
