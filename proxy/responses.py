@@ -10,16 +10,17 @@ from aiohttp import web
 from .errors import GatewayError
 
 _REQUEST_ID = re.compile(r"^[\w.:\-]{1,128}$")
+REQUEST_ID = web.RequestKey("request_id", str)
 
 
 def request_id_of(request: web.Request) -> str:
     """The client's `x-request-id` if it is sane, else a new one; the same all request long."""
-    rid: str | None = request.get("request_id")
+    rid: str | None = request.get(REQUEST_ID)
     if rid is None:
         rid = request.headers.get("x-request-id")
         if not (rid and _REQUEST_ID.match(rid)):
             rid = "req_" + os.urandom(12).hex()
-        request["request_id"] = rid
+        request[REQUEST_ID] = rid
     return rid
 
 
