@@ -1,0 +1,117 @@
+"""Validate JSON bodies against OpenAI's own OpenAPI spec (a copy in ../shared/openai-openapi).
+
+The spec is OpenAPI 3.1 but still carries 3.0-style `nullable: true` in places; those are
+rewritten into JSON Schema type unions once, when the spec is loaded (once per session).
+A missing spec file is an error, never a skip: a conformance check that silently does not
+run is worse than none.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+from pathlib import Path
+from typing import Any
+
+import yaml
+from openapi_schema_validator import OAS31Validator
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT202012
+
+SPEC_PATH = Path(__file__).resolve().parents[1].parent / "shared" / "openai-openapi" / "openapi.yaml"
+SPEC_URI = "urn:openai:openapi"
+
+SCHEMAS = (
+    "CreateChatCompletionResponse",
+    "CreateChatCompletionStreamResponse",
+    "CreateCompletionResponse",
+    "CreateEmbeddingResponse",
+    "ListModelsResponse",
+    "Model",
+    "ErrorResponse",
+)
+
+
+def _nullable_to_union(node: Any) -> Any:
+    """Rewrite every 3.0 `nullable: true` into a 3.1 union with null (in place)."""
+    if isinstance(node, list):
+        for item in node:
+            _nullable_to_union(item)
+        return node
+    if not isinstance(node, dict):
+        return node
+    for value in node.values():
+        _nullable_to_union(value)
+    if node.pop("nullable", False) is not True:
+        return node
+    kind = node.get("type")
+    if isinstance(kind, str) and "$ref" not in node:
+        node["type"] = [kind, "null"]
+        if "enum" in node and None not in node["enum"]:
+            node["enum"] = [*node["enum"], None]
+    elif isinstance(kind, list):
+        if "null" not in kind:
+            kind.append("null")
+        if "enum" in node and None not in node["enum"]:
+            node["enum"] = [*node["enum"], None]
+    else:  # a $ref, allOf/anyOf/oneOf, or no type at all: wrap the whole schema
+        inner = dict(node)
+        node.clear()
+        node["anyOf"] = [inner, {"type": "null"}]
+    return node
+
+
+def _load_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"OpenAI OpenAPI spec not found at {path}; the conformance tests need it "
+            "(see /work/shared/openai-openapi/README.md)"
+        )
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    with path.open("rb") as fh:
+        return yaml.load(fh, Loader=loader)
+
+
+@functools.lru_cache(maxsize=1)
+def spec() -> dict[str, Any]:
+    """The spec with `nullable` rewritten; loaded once per process."""
+    return _nullable_to_union(_load_yaml(SPEC_PATH))
+
+
+@functools.lru_cache(maxsize=1)
+def _registry() -> Registry:
+    resource = Resource.from_contents(spec(), default_specification=DRAFT202012)
+    return Registry().with_resource(SPEC_URI, resource)
+
+
+@functools.cache
+def validator(schema_name: str) -> OAS31Validator:
+    if schema_name not in spec()["components"]["schemas"]:
+        raise KeyError(f"no schema {schema_name!r} in {SPEC_PATH}")
+    schema = {"$ref": f"{SPEC_URI}#/components/schemas/{schema_name}"}
+    return OAS31Validator(schema, registry=_registry())
+
+
+def validate(schema_name: str, instance: Any) -> Any:
+    """Raise `jsonschema.ValidationError` (best match) unless `instance` conforms; return it."""
+    v = validator(schema_name)
+    errors = sorted(v.iter_errors(copy.deepcopy(instance)), key=lambda e: list(e.absolute_path))
+    if errors:
+        from jsonschema.exceptions import best_match
+
+        err = best_match(errors)
+        raise AssertionError(
+            f"{schema_name} violation at {'/'.join(map(str, err.absolute_path)) or '<root>'}: "
+            f"{err.message}\ninstance: {str(instance)[:2000]}"
+        ) from err
+    return instance
+
+
+def validate_error(body: Any) -> dict[str, Any]:
+    """An OpenAI error body: the spec's ErrorResponse, and all four keys present."""
+    validate("ErrorResponse", body)
+    error = body["error"]
+    missing = {"message", "type", "param", "code"} - set(error)
+    assert not missing, f"error body lacks {missing}: {body}"
+    assert error["message"], body
+    return error
