@@ -73,8 +73,8 @@ class Forwarder:
             call.raw_body = await read_body(request, runtime.config.server.max_body_size)
             body = parse_json(call.raw_body)
             deployment = request.match_info.get("deployment")
-            if deployment and "model" not in body:
-                body["model"] = deployment  # Azure-style path; the bytes now differ
+            if deployment and body.get("model") != deployment:
+                body["model"] = deployment  # Azure-style: the path names the model
                 call.body_dirty = True
             call.body = body
             call.model, call.stream = check_body(endpoint, body)

@@ -117,9 +117,15 @@ class OpenAICompatibleProvider(Provider):
     # -------------------------------------------------------------- extension points
 
     def url_for(self, call: Call, target: Target) -> str:
-        """The upstream URL for this call; `call.path` is the part after `/v1/`."""
+        """The upstream URL; `call.path` is the part after `/v1/`.
+
+        Client query strings are forwarded on pass-through routes only: on the model
+        endpoints they are the client's business (an Azure-style client's api-version).
+        """
         url = f"{self.base_url}/{call.path}"
-        return f"{url}?{call.query_string}" if call.query_string else url
+        if call.query_string and call.endpoint == PASSTHROUGH:  # e.g. GET /v1/files?purpose=...
+            return f"{url}?{call.query_string}"
+        return url
 
     async def auth_headers(self, target: Target | None) -> Mapping[str, str]:
         """The upstream credential headers (awaitable, for tokens that refresh); no target when listing models."""
