@@ -1,0 +1,39 @@
+"""relaygate hooks of the Bedrock plugin: the two provider types and Bedrock guardrails."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from proxy.hookspecs import hookimpl
+from proxy.provider import Provider
+from proxy.types import Call, Target
+
+from .openai_endpoint import BedrockOpenAIProvider
+from .provider import BedrockProvider
+from .request_map import GUARDRAIL_FIELD
+
+
+@hookimpl
+def register_providers(register: Callable[[str, type[Provider]], None]) -> None:
+    register("bedrock", BedrockProvider)
+    register("bedrock-openai", BedrockOpenAIProvider)
+
+
+@hookimpl
+def inject_guardrails(call: Call, target: Target) -> None:
+    """Render a route's guardrail for Bedrock's OpenAI endpoint; the client cannot override it.
+
+    `type: bedrock` reads `target.guardrail` itself (Converse `guardrailConfig`).
+    Client headers never travel upstream, so only the body field needs removing.
+    """
+    guardrail = target.guardrail
+    if guardrail is None or not isinstance(target.provider, BedrockOpenAIProvider):
+        return
+    target.headers["X-Amzn-Bedrock-GuardrailIdentifier"] = guardrail.id
+    target.headers["X-Amzn-Bedrock-GuardrailVersion"] = guardrail.version
+    if guardrail.trace:
+        target.headers["X-Amzn-Bedrock-Trace"] = guardrail.trace
+    if guardrail.tag_suffix:
+        target.body_extra[GUARDRAIL_FIELD] = {"tagSuffix": guardrail.tag_suffix}
+    elif call.body is not None and GUARDRAIL_FIELD in call.body:
+        call.edit_body().pop(GUARDRAIL_FIELD, None)
