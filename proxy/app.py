@@ -121,7 +121,7 @@ def _only(method: str, handler: Handler) -> Handler:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
+    return web.json_response({"status": "ok"}, headers={"x-request-id": request_id_of(request)})
 
 
 def create_app(
