@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import http.client
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -55,7 +55,7 @@ class RawResponse:
         return self.headers.get(name)
 
 
-def raw(method: str, url: str, body: bytes | None = None, headers: Mapping[str, str] | None = None,
+def raw(method: str, url: str, body: bytes | Iterable[bytes] | None = None, headers: Mapping[str, str] | None = None,
         *, key: str | None = CLIENT_KEY, timeout: float = 20) -> RawResponse:
     """One HTTP request with exactly these bytes (no SDK in between)."""
     parts = urlsplit(url)
@@ -67,7 +67,8 @@ def raw(method: str, url: str, body: bytes | None = None, headers: Mapping[str, 
         if body is not None:
             hdrs.setdefault("Content-Type", "application/json")
         path = parts.path + (f"?{parts.query}" if parts.query else "")
-        conn.request(method, path, body=body, headers=hdrs)
+        chunked = body is not None and not isinstance(body, bytes)  # an iterable: send it chunked
+        conn.request(method, path, body=body, headers=hdrs, encode_chunked=chunked)
         resp = conn.getresponse()
         return RawResponse(resp.status, resp.headers, resp.read())
     finally:
