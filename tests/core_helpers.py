@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -87,3 +88,30 @@ def sse_data(body: bytes) -> list[bytes]:
         if lines:
             out.append(b"\n".join(lines))
     return out
+
+
+
+def access_records(gw: Any, count: int, *, timeout: float = 3.0) -> list[dict[str, Any]]:
+    """The access log once it holds at least `count` records.
+
+    A record is written when the response has ended, so it may land a moment after the
+    client has read the response: wait for it rather than race it.
+    """
+    deadline = time.monotonic() + timeout
+    while len(records := gw.access_log) < count:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"expected {count} access records, have {len(records)}: {records}")
+        time.sleep(0.01)
+    return records
+
+
+def access_record(gw: Any, request_id: str, *, timeout: float = 3.0) -> dict[str, Any]:
+    """The access-log record of one request, waiting for it to be written."""
+    deadline = time.monotonic() + timeout
+    while True:
+        for record in gw.access_log:
+            if record["request_id"] == request_id:
+                return record
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no access record for {request_id}: {gw.access_log}")
+        time.sleep(0.01)

@@ -8,7 +8,7 @@ import struct
 
 import openai
 import orjson
-from core_helpers import CLIENT_KEY, post_json
+from core_helpers import CLIENT_KEY, access_records, post_json
 from fakes.openai_upstream import EMBED_DIMS, embedding_of, image_tag
 from openapi_check import validate
 
@@ -42,7 +42,7 @@ def test_chat_sync(client: openai.OpenAI, upstream, gw: Gateway) -> None:
     assert resp.headers.get("x-request-id")
     sent = upstream.last("/v1/chat/completions").json
     assert sent["messages"] == [{"role": "user", "content": "hello there"}]
-    record = gw.access_log[-1]
+    record = access_records(gw, 1)[-1]
     assert record["client"] == "team-a" and record["provider"] == "up" and record["status"] == 200
     assert (record["tokens_in"], record["tokens_out"]) == (2, 3)
 
@@ -71,7 +71,7 @@ def test_stream_without_usage_hides_it_but_logs_tokens(client: openai.OpenAI, up
     assert all(c.usage is None for c in chunks), "the client did not ask for usage"
     # The gateway asked the upstream for usage, for its log.
     assert upstream.last().json["stream_options"] == {"include_usage": True}
-    record = gw.access_log[-1]
+    record = access_records(gw, 1)[-1]
     assert record["stream"] is True and (record["tokens_in"], record["tokens_out"]) == (3, 4)
 
 
@@ -98,7 +98,7 @@ def test_stream_with_include_usage(client: openai.OpenAI, upstream, gw: Gateway)
     last = chunks[-1]
     assert last.choices == [] and last.usage is not None
     assert (last.usage.prompt_tokens, last.usage.completion_tokens) == (2, 3)
-    assert gw.access_log[-1]["tokens_out"] == 3
+    assert access_records(gw, 1)[-1]["tokens_out"] == 3
     for c in chunks:
         validate("CreateChatCompletionStreamResponse", c.model_dump(exclude_unset=True))
 

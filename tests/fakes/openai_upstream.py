@@ -38,7 +38,7 @@ class Recorded:
 
     method: str
     path: str
-    query: str
+    query: str  # as sent, still percent-encoded
     headers: CIMultiDict[str]
     body: bytes
 
@@ -167,7 +167,7 @@ class FakeOpenAI:
     async def _record_and_auth(self, request: web.Request, handler: Callable[..., Any]) -> web.StreamResponse:
         body = await request.read()
         self.requests.append(
-            Recorded(request.method, request.path, request.query_string, CIMultiDict(request.headers), body)
+            Recorded(request.method, request.path, request.rel_url.raw_query_string, CIMultiDict(request.headers), body)
         )
         auth = request.headers.get("Authorization", "")
         if auth != f"Bearer {self.api_key}":

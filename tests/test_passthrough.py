@@ -1,0 +1,130 @@
+"""Pass-through: the client's bytes go upstream untouched unless the route changes the model."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from urllib.parse import parse_qsl
+
+import orjson
+import pytest
+from core_helpers import access_records, config_yaml, raw, sse_data
+from fakes.openai_upstream import AUDIO_BYTES, FakeOpenAI
+from openapi_check import validate
+
+from proxy.testing import Gateway
+
+ROUTES = (
+    "  - {model: my-alias, to: {provider: up, model: real-model}}\n"
+    "  - {model: \"tmpl-*\", to: {provider: up, model: \"prefix-{model}\"}}\n"
+    "  - {model: \"*\", to: up}\n"
+)
+
+# Odd but valid JSON: key order, spacing, escapes and number forms a re-encoder would change.
+ODD_CHAT = (
+    b'{ "messages" : [ {"content": "caf\\u00e9 \\ud83d\\ude00 \\/ 1e3", "role":"user"} ],\n'
+    b'  "temperature": 1.0, "model":"gpt-4o", "max_tokens": 10, "metadata": {"z": "1", "a": "2"} }'
+)
+
+
+@pytest.fixture
+def gw(upstream: FakeOpenAI, make_gateway: Callable[..., Gateway]) -> Gateway:
+    return make_gateway(config_yaml(upstream.url, routes=ROUTES))
+
+
+def test_chat_bytes_unchanged_when_model_unchanged(gw: Gateway, upstream: FakeOpenAI) -> None:
+    resp = raw("POST", f"{gw.base_url}/chat/completions", ODD_CHAT)
+    assert resp.status == 200, resp.body
+    validate("CreateChatCompletionResponse", resp.json)
+    assert upstream.last("/v1/chat/completions").body == ODD_CHAT
+
+
+@pytest.mark.parametrize("path", ["embeddings", "completions"])
+def test_other_model_endpoints_bytes_unchanged(path: str, gw: Gateway, upstream: FakeOpenAI) -> None:
+    body = (b'{"input": ["a",  "b"], "model": "text-embedding-3-small", "encoding_format": "float"}'
+            if path == "embeddings" else b'{"prompt": "x\\ty",   "model": "gpt-3.5-turbo-instruct"}')
+    resp = raw("POST", f"{gw.base_url}/{path}", body)
+    assert resp.status == 200, resp.body
+    validate("CreateEmbeddingResponse" if path == "embeddings" else "CreateCompletionResponse", resp.json)
+    assert upstream.last(f"/v1/{path}").body == body
+
+
+def test_route_names_upstream_model(gw: Gateway, upstream: FakeOpenAI) -> None:
+    resp = raw("POST", f"{gw.base_url}/chat/completions", ODD_CHAT.replace(b'"gpt-4o"', b'"my-alias"'))
+    assert resp.status == 200, resp.body
+    sent = upstream.last().json
+    assert sent["model"] == "real-model"
+    original = orjson.loads(ODD_CHAT)
+    assert {k: v for k, v in sent.items() if k != "model"} == {k: v for k, v in original.items() if k != "model"}
+    record = access_records(gw, 1)[-1]
+    assert record["model"] == "my-alias" and record["upstream_model"] == "real-model"
+
+
+def test_model_template(gw: Gateway, upstream: FakeOpenAI) -> None:
+    body = {"model": "tmpl-small", "messages": [{"role": "user", "content": "x"}]}
+    assert raw("POST", f"{gw.base_url}/chat/completions", orjson.dumps(body)).status == 200
+    assert upstream.last().json["model"] == "prefix-tmpl-small"
+
+
+def test_stream_passes_events_through(gw: Gateway, upstream: FakeOpenAI) -> None:
+    body = b'{"model": "gpt-4o", "stream": true, "stream_options": {"include_usage": true},' \
+           b' "messages": [{"role": "user", "content": "x y"}]}'
+    resp = raw("POST", f"{gw.base_url}/chat/completions", body)
+    # The client asked for usage itself: nothing to add, so its bytes go as they are.
+    assert upstream.last().body == body
+    events = sse_data(resp.body)
+    assert events[-1] == b"[DONE]"
+    chunks = [validate("CreateChatCompletionStreamResponse", orjson.loads(e)) for e in events[:-1]]
+    assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["total_tokens"] > 0
+    assert all("usage" in c and c["usage"] is None for c in chunks[:-1])
+
+
+def test_moderations_forwarded_byte_for_byte(gw: Gateway, upstream: FakeOpenAI) -> None:
+    body = b'{"input":  "I want to hug you", "model": "omni-moderation-latest"}'
+    resp = raw("POST", f"{gw.base_url}/moderations", body)
+    assert resp.status == 200, resp.body
+    assert resp.json["results"][0]["flagged"] is False
+    assert resp.header("x-request-id")
+    recorded = upstream.last("/v1/moderations")
+    assert recorded.body == body and recorded.method == "POST"
+
+
+def test_passthrough_route_rewrites_model(gw: Gateway, upstream: FakeOpenAI) -> None:
+    resp = raw("POST", f"{gw.base_url}/moderations", b'{"input": "x", "model": "my-alias"}')
+    assert resp.status == 200
+    assert upstream.last("/v1/moderations").json == {"input": "x", "model": "real-model"}
+
+
+def test_binary_response_relayed(gw: Gateway, upstream: FakeOpenAI) -> None:
+    body = b'{"model": "gpt-4o-mini-tts", "input": "hello", "voice": "alloy"}'
+    resp = raw("POST", f"{gw.base_url}/audio/speech", body)
+    assert resp.status == 200
+    assert resp.header("content-type") == "audio/mpeg"
+    assert resp.body == AUDIO_BYTES
+    assert upstream.last("/v1/audio/speech").body == body
+
+
+def test_get_with_query_forwarded(gw: Gateway, upstream: FakeOpenAI) -> None:
+    query = "purpose=batch&limit=2&after=file-%2Fx%26y%3Dz"
+    resp = raw("GET", f"{gw.base_url}/files?{query}")
+    assert resp.status == 200, resp.body
+    # Percent-encoded delimiters stay encoded: decoding them would split or merge parameters.
+    assert resp.json["query"] == {"purpose": "batch", "limit": "2", "after": "file-/x&y=z"}
+    recorded = upstream.last("/v1/files")
+    assert recorded.method == "GET"
+    assert parse_qsl(recorded.query, strict_parsing=True) == parse_qsl(query, strict_parsing=True)
+    assert recorded.body == b""
+
+
+def test_passthrough_without_passthrough_provider_is_404(upstream: FakeOpenAI,
+                                                         make_gateway: Callable[..., Gateway]) -> None:
+    gw = make_gateway(config_yaml(upstream.url, routes="  - {model: \"*\", to: demo}\n"))
+    resp = raw("POST", f"{gw.base_url}/moderations", b'{"input": "x"}')
+    assert resp.status == 404
+    assert resp.json["error"]["code"] == "unknown_url"
+    assert upstream.requests == []
+
+
+def test_openai_prefix_alias(gw: Gateway, upstream: FakeOpenAI) -> None:
+    resp = raw("POST", f"{gw.url}/openai/v1/chat/completions", ODD_CHAT)
+    assert resp.status == 200
+    assert upstream.last().body == ODD_CHAT
