@@ -1,0 +1,104 @@
+"""Streams that end badly: the client leaving, the upstream dying after the first bytes."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import Callable
+
+import openai
+import orjson
+import pytest
+from core_helpers import CLIENT_KEY, access_records, config_yaml, post_json, sse_data
+from fakes.openai_upstream import Behaviour, FakeOpenAI
+from openapi_check import validate, validate_error
+
+from proxy.testing import Gateway
+
+CHAT = [{"role": "user", "content": "tell me a long story"}]
+LONG = Behaviour(chunk_delay=0.05, words=400)  # ~20 s if nobody stops it
+
+
+def test_client_disconnect_closes_upstream_sync(client: openai.OpenAI, gw: Gateway, upstream: FakeOpenAI) -> None:
+    upstream.on("gpt-4o", LONG)
+    stream = client.chat.completions.create(model="gpt-4o", messages=CHAT, stream=True)
+    chunks = iter(stream)
+    assert next(chunks).choices[0].delta.role == "assistant"
+    next(chunks)
+    stream.close()
+    assert upstream.disconnected.wait(3), "the upstream stream kept running after the client left"
+    assert upstream.disconnects == ["gpt-4o"] and upstream.completed == []
+    record = access_records(gw, 1)[-1]
+    assert record["error"] == "client_disconnected" and record["stream"] is True
+
+
+async def test_client_disconnect_closes_upstream_async(gw: Gateway, upstream: FakeOpenAI) -> None:
+    upstream.on("gpt-4o", LONG)
+    async with openai.AsyncOpenAI(base_url=gw.base_url, api_key=CLIENT_KEY, max_retries=0) as aclient:
+        stream = await aclient.chat.completions.create(model="gpt-4o", messages=CHAT, stream=True)
+        async for _chunk in stream:
+            break
+        await stream.close()
+    # The fake's flag is a threading.Event (it lives on another loop): wait off this loop.
+    assert await asyncio.to_thread(upstream.disconnected.wait, 3)
+    assert upstream.disconnects == ["gpt-4o"]
+
+
+def test_raw_socket_reset_mid_stream(gw: Gateway, upstream: FakeOpenAI) -> None:
+    """A client that vanishes without a goodbye (RST) is noticed as well."""
+    upstream.on("gpt-4o", LONG)
+    body = orjson.dumps({"model": "gpt-4o", "messages": CHAT, "stream": True})
+    sock = socket.create_connection(("127.0.0.1", gw.port))
+    sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 + f"Authorization: Bearer {CLIENT_KEY}\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+    assert b"200" in sock.recv(4096).split(b"\r\n", 1)[0]
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    sock.close()
+    assert upstream.disconnected.wait(3)
+
+
+def test_upstream_dying_mid_stream_ends_with_one_error_event(gw: Gateway, upstream: FakeOpenAI) -> None:
+    upstream.on("gpt-4o", Behaviour(fail_after_chunks=3))
+    resp = post_json(f"{gw.base_url}/chat/completions", {"model": "gpt-4o", "messages": CHAT, "stream": True})
+    assert resp.status == 200  # the headers were already sent when it failed
+    events = [e for e in resp.body.replace(b"\r\n", b"\n").split(b"\n\n") if e]
+    assert b"data: [DONE]" not in events
+    errors = [e for e in events if e.startswith(b"event: error")]
+    assert len(errors) == 1 and events[-1] == errors[0], events
+    data = sse_data(errors[0])
+    validate_error(orjson.loads(data[0]))
+    for ev in events[:-1]:
+        validate("CreateChatCompletionStreamResponse", orjson.loads(sse_data(ev)[0]))
+    assert len(events) == 4  # three chunks made it, then the error
+    record = access_records(gw, 1)[-1]
+    assert record["error"] and record["stream"] is True
+
+
+def test_upstream_dying_mid_stream_sdk_raises(client: openai.OpenAI, upstream: FakeOpenAI) -> None:
+    upstream.on("gpt-4o", Behaviour(fail_after_chunks=2))
+    received = []
+    with pytest.raises(openai.APIError) as info:
+        for chunk in client.chat.completions.create(model="gpt-4o", messages=CHAT, stream=True):
+            received.append(chunk)
+    assert len(received) == 2
+    assert info.value.message
+
+
+def test_mid_stream_read_timeout_ends_with_error_event(upstream: FakeOpenAI,
+                                                      make_gateway: Callable[..., Gateway]) -> None:
+    """An upstream that goes silent mid-stream for longer than read_timeout: error event, not a hang."""
+    slow = make_gateway(config_yaml(upstream.url, extra_providers=(
+        f"  slow: {{type: openai, base_url: \"{upstream.url}/v1\", api_key: \"${{UPSTREAM_KEY}}\", "
+        "read_timeout: 0.3}\n"), routes="  - {model: \"*\", to: slow}\n"))
+    upstream.on("gpt-4o", Behaviour(chunk_delay=1.0, words=2))
+    started = time.monotonic()
+    resp = post_json(f"{slow.base_url}/chat/completions", {"model": "gpt-4o", "messages": CHAT, "stream": True})
+    assert time.monotonic() - started < 3
+    if resp.status == 200:
+        events = [e for e in resp.body.split(b"\n\n") if e]
+        assert events[-1].startswith(b"event: error") and b"data: [DONE]" not in events
+        validate_error(orjson.loads(sse_data(events[-1])[0]))
+    else:  # timed out before the first chunk: a plain 504
+        assert resp.status in (408, 504)
+        validate_error(resp.json)
