@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +39,7 @@ class AzureState:
     api_version: str = "2024-10-21"
     deployments: dict[str, str] = field(default_factory=lambda: {"prod-gpt4o": "chat", "prod-embed": "embed"})
     tokens: set[str] = field(default_factory=set)  # accepted Entra ID bearer tokens
+    accept_token: Callable[[str], bool] | None = None  # or a check of its own
     requests: list[dict[str, Any]] = field(default_factory=list)
     answer: str = "Hello from Azure"
 
@@ -84,7 +86,8 @@ def make_app(state: AzureState) -> web.Application:
             return _error(400, {"error": {"code": "BadRequest", "message": "Send api-key or a token, not both."}})
         if key is not None:
             return None if state.api_key is not None and key == state.api_key else _access_denied()
-        if auth.startswith("Bearer ") and auth[7:] in state.tokens:
+        token = auth[7:] if auth.startswith("Bearer ") else None
+        if token and (token in state.tokens or (state.accept_token is not None and state.accept_token(token))):
             return None
         return _access_denied()
 
