@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import subprocess
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -115,3 +116,16 @@ def access_record(gw: Any, request_id: str, *, timeout: float = 3.0) -> dict[str
         if time.monotonic() > deadline:
             raise AssertionError(f"no access record for {request_id}: {gw.access_log}")
         time.sleep(0.01)
+
+
+def wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"relaygate exited with {proc.returncode}")
+        try:
+            if raw("GET", f"{url}/healthz", key=None, timeout=1).status == 200:
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError("relaygate did not become healthy")
