@@ -49,6 +49,12 @@ CHAT = [{"role": "user", "content": "one two three four five six seven eight"}]
 class Served:
     def __init__(self, url: str, proc: subprocess.Popen[bytes], stderr: Path, config: Path) -> None:
         self.url, self.proc, self.stderr_path, self.config = url, proc, stderr, config
+        self.stdout_path = stderr.with_name("stdout.txt")
+
+    @property
+    def access(self) -> list[dict[str, object]]:
+        """The access log: JSON lines on stdout."""
+        return [orjson.loads(line) for line in self.stdout_path.read_text().splitlines()]
 
     @property
     def stderr(self) -> str:
@@ -68,9 +74,9 @@ def served(tmp_path: Path) -> Iterator[Served]:
     config.write_text(V1)
     port = free_port()
     stderr = tmp_path / "stderr.txt"
-    with stderr.open("wb") as err:
+    with stderr.open("wb") as err, stderr.with_name("stdout.txt").open("wb") as out:
         proc = subprocess.Popen([sys.executable, "-m", "proxy", "serve", "--config", str(config), "--port", str(port)],
-                                stdout=subprocess.DEVNULL, stderr=err)
+                                stdout=out, stderr=err)
     server = Served(f"http://127.0.0.1:{port}", proc, stderr, config)
     try:
         wait_healthy(server.url, proc)
@@ -133,6 +139,9 @@ def test_sighup_reloads_good_file_and_keeps_inflight_stream(served: Served) -> N
     # New requests for the same model use the new config.
     assert served.chat("slow").json["model"] == "slow-v2"
     assert "reloaded" in served.stderr
+    records = served.access
+    assert any(r["model"] == "slow" and r["upstream_model"] == "slow-v1" and r["status"] == 200 for r in records)
+    assert not any("request_id" not in r for r in records)
 
 
 def test_sighup_refuses_bad_file_and_keeps_serving(served: Served) -> None:
