@@ -90,7 +90,12 @@ class AzureProvider(OpenAICompatibleProvider):
         return {"api-key": self.api_key}
 
     async def refresh_credentials(self) -> bool:
-        return await self.tokens.refresh() if self.tokens is not None else False
+        if self.tokens is None:
+            return False
+        try:
+            return await self.tokens.refresh()
+        except GatewayError:
+            return False  # already logged; the 401 stands
 
     def stream_filter(self, call: Call, target: Target) -> StreamFilter | None:
         if call.endpoint == CHAT:

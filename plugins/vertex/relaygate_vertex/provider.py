@@ -1,0 +1,161 @@
+"""`type: vertex`: Google Vertex AI's OpenAI-compatible endpoints.
+
+Gemini models are served at `…/endpoints/openapi/chat/completions` with model names
+like `google/gemini-2.0-flash`; a model you deployed yourself (vLLM, TGI) at
+`…/endpoints/{endpoint_id}/chat/completions`, chosen per route target with
+`endpoint_id:`. Forwarding is the shared OpenAI-compatible one; this class supplies the
+URL, a google-auth bearer token, the body Vertex accepts and the error mapping.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+import aiohttp
+import orjson
+
+from proxy import fetch
+from proxy.errors import GatewayError
+from proxy.openai_compat import OpenAICompatibleProvider
+from proxy.options import Options
+from proxy.types import CHAT, Call, ModelInfo, Target
+
+from .auth import CLOUD_PLATFORM, DEFAULT_MARGIN, GoogleToken
+from .errors import vertex_error
+from .request import SUPPORTED, inline_images, needs_images
+
+_ENDPOINT_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+_NAME = re.compile(r"^[a-z0-9-]{1,63}$")
+
+
+def service_host(location: str) -> str:
+    """Vertex's host: the `global` location has no regional prefix."""
+    if location == "global":
+        return "https://aiplatform.googleapis.com"
+    return f"https://{location}-aiplatform.googleapis.com"
+
+
+class VertexProvider(OpenAICompatibleProvider):
+    endpoints = frozenset({CHAT})
+    supports_passthrough = False
+
+    def __init__(self, name: str, options: Options) -> None:
+        super().__init__(name, options)  # base_url (optional: replaces https://HOST), stream_usage, ...
+        if self.api_key is not None:
+            raise options.error(
+                "api_key", "not used by type vertex: it authenticates with Google credentials (credentials_file or ADC)"
+            )
+        # The base class turns `project` into an OpenAI-Project header; here it is the GCP project.
+        self.extra_headers = dict(options.str_map("headers", {}))
+        self.project: str = options.str("project")
+        self.location: str = options.str("location", "us-central1")
+        for key, value in (("project", self.project), ("location", self.location)):
+            if not _NAME.match(value):
+                raise options.error(
+                    key, f"expected a Google Cloud {key} id (lower-case letters, digits, -), got {value!r}"
+                )
+        self.api_version: str = options.str("api_version", "v1beta1", choices=("v1beta1", "v1"))
+        host = self.base_url or service_host(self.location)
+        self.endpoints_url = f"{host}/{self.api_version}/projects/{self.project}/locations/{self.location}/endpoints"
+
+        self.tokens = GoogleToken(
+            provider=name,
+            credentials_file=options.str("credentials_file", None),
+            scopes=options.str_list("scopes", [CLOUD_PLATFORM]),
+            margin=options.number("refresh_margin", DEFAULT_MARGIN),
+            timeout=options.number("token_timeout", 30.0, minimum=0.1),
+        )
+
+        self.keep_params = frozenset(options.str_list("keep_params", []))
+        self.fetch_images: bool = options.bool("fetch_images", True)
+        images = options.block("image_fetch")
+        self.image_max_bytes: int = images.int("max_bytes", fetch.DEFAULT_MAX_BYTES, minimum=1)
+        self.image_timeout: float = images.number("timeout", fetch.DEFAULT_TIMEOUT, minimum=0.1)
+        self.image_max_count: int = images.int("max_images", 16, minimum=1)
+        #: Fetch from private and loopback addresses too. For tests against loopback fakes,
+        #: or images deliberately served from a private network; never for the open internet.
+        self.image_allow_private: bool = images.bool("allow_private", False)
+        images.check_unused()
+        self._image_session: aiohttp.ClientSession | None = None
+
+    def target_options(self, opts: Options) -> dict[str, object]:
+        raw = opts.raw("endpoint_id")
+        if raw is None:
+            return {}
+        value = str(raw) if isinstance(raw, int) and not isinstance(raw, bool) else raw
+        if not isinstance(value, str) or not _ENDPOINT_ID.match(value):
+            raise opts.error("endpoint_id", "expected a Vertex AI endpoint id (digits, letters, - or _)")
+        return {"endpoint_id": value}
+
+    # -------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        await super().start()
+        if self.fetch_images:
+            self._image_session = self.new_session()
+
+    async def close(self) -> None:
+        if self._image_session is not None:
+            await self._image_session.close()
+            self._image_session = None
+        await super().close()
+
+    # -------------------------------------------------------------- extension points
+
+    def url_for(self, call: Call, target: Target) -> str:
+        endpoint = target.options.get("endpoint_id") or "openapi"
+        return f"{self.endpoints_url}/{endpoint}/{call.path}"
+
+    async def auth_headers(self, target: Target | None) -> Mapping[str, str]:
+        return {"Authorization": "Bearer " + await self.tokens.token()}
+
+    async def refresh_credentials(self) -> bool:
+        try:
+            return await self.tokens.refresh()
+        except GatewayError:
+            return False  # already logged; the 401 stands
+
+    async def body_for(self, call: Call, target: Target) -> bytes:
+        body = call.body
+        if body is None:
+            return call.raw_body
+        overrides: dict[str, object] = {}
+        if call.stream and self.stream_usage and not call.include_usage:
+            opts = body.get("stream_options")
+            overrides["stream_options"] = (
+                {**opts, "include_usage": True} if isinstance(opts, dict) else {"include_usage": True}
+            )
+        messages = body.get("messages")
+        if needs_images(messages, self.fetch_images):
+            overrides["messages"] = await inline_images(
+                messages,  # type: ignore[arg-type]  # needs_images checked it is a list
+                self._fetch_image if self.fetch_images else None,
+                max_images=self.image_max_count,
+            )
+        dropped = [k for k in body if k not in SUPPORTED and k not in self.keep_params]
+        if not dropped:
+            return call.upstream_body(target, **overrides)
+        out = {k: v for k, v in body.items() if k not in dropped}
+        out["model"] = target.model
+        out.update(target.body_extra)
+        out.update(overrides)
+        return orjson.dumps(out)
+
+    def error_for(self, status: int, body: bytes, headers: Mapping[str, str]) -> GatewayError:
+        return vertex_error(self.name, self.project, status, body, headers)
+
+    async def list_models(self) -> list[ModelInfo] | None:
+        return None  # Vertex's OpenAI endpoint has no model listing; /v1/models shows the routes
+
+    # -------------------------------------------------------------- helpers
+
+    async def _fetch_image(self, url: str) -> tuple[bytes, str]:
+        assert self._image_session is not None, "started with fetch_images"
+        return await fetch.fetch_image(
+            self._image_session,
+            url,
+            max_bytes=self.image_max_bytes,
+            timeout=self.image_timeout,
+            allow_private=self.image_allow_private,
+        )

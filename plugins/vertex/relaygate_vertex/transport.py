@@ -1,0 +1,65 @@
+"""The blocking HTTP transport google-auth refreshes tokens through.
+
+google-auth needs a `google.auth.transport.Request`; its bundled ones need `requests` or
+`urllib3`. This one is the standard library's urllib, which is all a token refresh
+needs, so the plugin depends on google-auth alone. It runs only in worker threads
+(`asyncio.to_thread`), never on the event loop. Like the gateway's own aiohttp
+sessions it ignores `HTTP(S)_PROXY` environment variables.
+"""
+
+from __future__ import annotations
+
+import http.client
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from urllib.parse import urlsplit
+
+from google.auth import exceptions, transport
+
+
+class _Response(transport.Response):
+    def __init__(self, status: int, headers: Mapping[str, str], data: bytes) -> None:
+        self._status = status
+        self._headers = dict(headers)
+        self._data = data
+
+    @property
+    def status(self) -> int:
+        return self._status
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        return self._headers
+
+    @property
+    def data(self) -> bytes:
+        return self._data
+
+
+class UrllibRequest(transport.Request):
+    """`google.auth.transport.Request` over `urllib.request`, with a default timeout."""
+
+    def __init__(self, timeout: float = 30.0) -> None:
+        self.timeout = timeout
+        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+    def __call__(  # type: ignore[override]
+        self,
+        url: str,
+        method: str = "GET",
+        body: bytes | str | None = None,
+        headers: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+        **kwargs: object,
+    ) -> _Response:
+        data = body.encode() if isinstance(body, str) else body
+        request = urllib.request.Request(url, data=data, headers=dict(headers or {}), method=method)
+        try:
+            with self._opener.open(request, timeout=timeout or self.timeout) as resp:
+                return _Response(resp.status, dict(resp.headers.items()), resp.read())
+        except urllib.error.HTTPError as exc:
+            with exc:
+                return _Response(exc.code, dict(exc.headers.items()), exc.read())
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+            raise exceptions.TransportError(f"{type(exc).__name__} talking to {urlsplit(url).netloc}") from exc
