@@ -151,7 +151,7 @@ def make_app(state: GoogleState) -> web.Application:
             return google_error(404, "NOT_FOUND", "Project or location not found.")
         text = _last_user_text(body)
         for status, (google_status, message) in GOOGLE_ERRORS.items():
-            if f"google {status}" in text:
+            if f"google {status}" in text or f"google object {status}" in text:
                 return google_error(status, google_status, message, wrap="google object" not in text)
         if body.get("stream"):
             return await _stream(request, body)

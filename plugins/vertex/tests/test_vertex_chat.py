@@ -4,49 +4,21 @@ from __future__ import annotations
 
 import base64
 import json
-from pathlib import Path
 
 import openai
 import pytest
 from aiohttp import web
 from openapi_check import validate
 from relaygate_vertex.provider import VertexProvider, service_host
+from vertex_support import CLIENT_KEY, HELLO, client_for, config
 
 from proxy.options import Options
 from proxy.testing import FakeServer, Gateway
 
-CLIENT_KEY = "rg-vertex-client-key-0123456789"
-HELLO = [{"role": "user", "content": "hello"}]
 OPENAPI = "/v1beta1/projects/my-proj-123/locations/us-central1/endpoints/openapi/chat/completions"
 PNG = base64.b64decode(
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNk+M9QDwADhgGAWjR9awAAAABJRU5ErkJggg=="
 )
-
-
-def config(url: str, account: Path, extra: str = "") -> str:
-    return f"""
-clients:
-  keys:
-    - {{name: team-v, key: {CLIENT_KEY}}}
-providers:
-  vertex:
-    type: vertex
-    project: my-proj-123
-    location: us-central1
-    base_url: {url}
-    credentials_file: {account}
-    refresh_margin: 1
-{extra}
-routes:
-  - model: my-llama
-    to: {{provider: vertex, model: meta/llama-3, endpoint_id: 1234567890}}
-  - model: "gemini-*"
-    to: {{provider: vertex, model: "google/{{model}}"}}
-"""
-
-
-def client_for(gw: Gateway) -> openai.OpenAI:
-    return openai.OpenAI(base_url=gw.base_url, api_key=CLIENT_KEY, max_retries=0)
 
 
 def test_chat_reaches_the_gemini_endpoint_with_a_service_account_token(google) -> None:
