@@ -53,6 +53,17 @@ def test_upstream_errors_keep_their_meaning(
         assert error["code"] == "rate_limit_exceeded"
 
 
+def test_upstream_non_json_error_page_is_not_relayed(client: openai.OpenAI, upstream: FakeOpenAI) -> None:
+    page = b"<html><body><h1>502 Bad Gateway</h1>nginx internal 10.0.0.7</body></html>"
+    upstream.on("gpt-4o", Behaviour(status=502, body=page))
+    with pytest.raises(openai.InternalServerError) as info:
+        client.chat.completions.create(model="gpt-4o", messages=CHAT)
+    assert info.value.status_code == 502
+    assert info.value.response.headers["content-type"].startswith("application/json")
+    _error_of(info.value)
+    assert b"nginx" not in info.value.response.content
+
+
 def test_wrong_client_key_is_authentication_error(gw: Gateway, upstream: FakeOpenAI) -> None:
     with (openai.OpenAI(base_url=gw.base_url, api_key="sk-not-a-client", max_retries=0) as bad,
           pytest.raises(openai.AuthenticationError) as info):
@@ -238,3 +249,12 @@ def test_request_id_generated_when_absent_or_insane(gw: Gateway) -> None:
         ids.add(rid)
     assert len(ids) == 2
     assert raw("GET", gw.url + "/healthz", key=None).header("x-request-id")
+
+
+def test_azure_style_deployment_path(gw: Gateway, upstream: FakeOpenAI) -> None:
+    resp = raw("POST", f"{gw.url}/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21",
+               orjson.dumps({"messages": CHAT}), headers={"api-key": CLIENT_KEY}, key=None)
+    assert resp.status == 200, resp.body
+    recorded = upstream.last("/v1/chat/completions")
+    assert recorded.json["model"] == "gpt-4o"
+    assert recorded.query == "", "Azure's api-version is not an OpenAI parameter"

@@ -102,3 +102,32 @@ def test_mid_stream_read_timeout_ends_with_error_event(upstream: FakeOpenAI,
     else:  # timed out before the first chunk: a plain 504
         assert resp.status in (408, 504)
         validate_error(resp.json)
+
+
+def test_client_giving_up_before_headers_cancels_upstream(gw: Gateway, upstream: FakeOpenAI) -> None:
+    upstream.on("gpt-4o", Behaviour(delay=10))
+    with openai.OpenAI(base_url=gw.base_url, api_key=CLIENT_KEY, max_retries=0, timeout=0.5) as impatient, \
+            pytest.raises(openai.APITimeoutError):
+        impatient.chat.completions.create(model="gpt-4o", messages=CHAT)
+    assert upstream.disconnected.wait(3), "the gateway kept waiting on the upstream for nobody"
+    assert upstream.disconnects == ["gpt-4o"]
+
+
+def test_stream_dying_before_first_chunk_is_a_plain_error(gw: Gateway, upstream: FakeOpenAI) -> None:
+    """Nothing reached the client yet: a JSON error with a real status, not a 200 and an error event."""
+    upstream.on("gpt-4o", Behaviour(fail_after_chunks=0))
+    resp = post_json(f"{gw.base_url}/chat/completions", {"model": "gpt-4o", "messages": CHAT, "stream": True})
+    assert resp.status >= 500 and resp.header("content-type").startswith("application/json")
+    validate_error(resp.json)
+
+
+def test_stream_dying_before_first_chunk_falls_back(upstream: FakeOpenAI,
+                                                    make_gateway: Callable[..., Gateway]) -> None:
+    gw = make_gateway(config_yaml(upstream.url, routes=(
+        "  - {model: fb, to: [{provider: up, model: broken}, {provider: up, model: gpt-4o}]}\n")))
+    upstream.on("broken", Behaviour(fail_after_chunks=0))
+    resp = post_json(f"{gw.base_url}/chat/completions", {"model": "fb", "messages": CHAT, "stream": True})
+    assert resp.status == 200
+    assert sse_data(resp.body)[-1] == b"[DONE]"
+    record = access_records(gw, 1)[-1]
+    assert record["upstream_model"] == "gpt-4o" and len(record["fallbacks"]) == 1

@@ -61,7 +61,7 @@ class Behaviour:
     chunk_delay: float = 0.0  # seconds between streamed chunks
     fail_after_chunks: int | None = None  # close the connection after this many events
     words: int | None = None  # stream this many extra filler words (long streams)
-    body: bytes | None = None  # a raw non-stream 200 body instead of the normal one
+    body: bytes | None = None  # a raw body instead of the normal one (sent as text/html if status >= 400)
 
 
 _ERROR_DEFAULTS: dict[int, tuple[str, str | None, str]] = {
@@ -213,7 +213,14 @@ class FakeOpenAI:
         """Apply the model's behaviour up to the response headers; an error response, or None."""
         b = self.behaviour_for(body.get("model"))
         if b.delay:
-            await asyncio.sleep(b.delay)
+            try:
+                await asyncio.sleep(b.delay)
+            except asyncio.CancelledError:  # the client gave up before the headers
+                self.disconnects.append(str(body.get("model")))
+                self.disconnected.set()
+                raise
+        if b.status >= 400 and b.body is not None:  # e.g. a load balancer's HTML page
+            return b, web.Response(status=b.status, body=b.body, content_type="text/html")
         if b.status >= 400:
             headers = {"retry-after": b.retry_after} if b.retry_after else None
             message = b.error_message
