@@ -195,6 +195,8 @@ class BedrockProvider(Provider):
                 out: list[bytes] = []
                 for headers, payload in decoder.feed(data):
                     if headers.get(":message-type") != "event":
+                        if out:  # what came before the failure still reaches the client
+                            yield b"".join(out)
                         raise error_from_frame(self.name, headers, payload)
                     kind = headers.get(":event-type")
                     chunk = mapper.event(kind, payload) if isinstance(kind, str) else b""

@@ -6,6 +6,7 @@ import base64
 import http.client
 import importlib.util
 import sys
+import time
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -28,7 +29,8 @@ def gateway_env() -> dict[str, str]:
     return {"CLIENT_KEY": CLIENT_KEY, "BEDROCK_SECRET": SECRET, "BEDROCK_API_KEY": API_KEY}
 
 
-def config_yaml(url: str, *, provider_extra: str = "", routes: str = "", providers: str = "") -> str:
+def config_yaml(url: str, *, provider_extra: str = "", routes: str = "", providers: str = "",
+                catch_all: bool = False) -> str:
     """Gateway config: provider `bedrock` (Converse) and `bedrock-oai`, both on the fake."""
     return (
         "clients:\n"
@@ -58,6 +60,7 @@ def config_yaml(url: str, *, provider_extra: str = "", routes: str = "", provide
         "  - model: titan\n    to: {provider: bedrock, model: amazon.titan-embed-text-v2:0}\n"
         "  - model: titan-v1\n    to: {provider: bedrock, model: amazon.titan-embed-text-v1}\n"
         "  - model: gpt-oss\n    to: {provider: bedrock-oai, model: openai.gpt-oss-20b-1:0}\n"
+        + ("  - model: \"*\"\n    to: bedrock\n" if catch_all else "")
     )
 
 
@@ -122,6 +125,14 @@ def validate(schema: str, instance: Any) -> Any:
 
 def validate_error(body: Any) -> dict[str, Any]:
     return _openapi().validate_error(body)
+
+
+def wait_access(gw: Any, count: int = 1, timeout: float = 3.0) -> list[dict[str, Any]]:
+    """The access log once it holds `count` records (it is written after the response ends)."""
+    deadline = time.monotonic() + timeout
+    while len(gw.access_log) < count and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return gw.access_log
 
 
 def assert_no_secrets(*texts: str | bytes) -> None:
