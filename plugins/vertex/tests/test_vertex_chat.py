@@ -167,3 +167,12 @@ def test_adc_from_google_application_credentials(google) -> None:
     with Gateway(yaml, env={"GOOGLE_APPLICATION_CREDENTIALS": str(account)}) as gw, client_for(gw) as client:
         assert client.chat.completions.create(model="gemini-2.0-flash", messages=HELLO).choices
         assert state.issue_count == 1
+
+
+def test_embeddings_are_not_sent_to_vertex(google) -> None:
+    state, url, account = google
+    with Gateway(config(url, account)) as gw, client_for(gw) as client:
+        with pytest.raises(openai.BadRequestError) as info:
+            client.embeddings.create(model="gemini-embedding", input="hi")
+        assert info.value.code == "unsupported_endpoint"
+        assert state.requests == []
