@@ -128,3 +128,17 @@ def test_openai_prefix_alias(gw: Gateway, upstream: FakeOpenAI) -> None:
     resp = raw("POST", f"{gw.url}/openai/v1/chat/completions", ODD_CHAT)
     assert resp.status == 200
     assert upstream.last().body == ODD_CHAT
+
+
+def test_multipart_upload_forwarded_byte_for_byte(gw: Gateway, upstream: FakeOpenAI) -> None:
+    boundary = "----relaygate-test-boundary"
+    audio = bytes(range(256)) * 8
+    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"model\"\r\n\r\nwhisper-1\r\n"
+            f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.mp3\"\r\n"
+            "Content-Type: audio/mpeg\r\n\r\n").encode() + audio + f"\r\n--{boundary}--\r\n".encode()
+    content_type = f"multipart/form-data; boundary={boundary}"
+    resp = raw("POST", f"{gw.base_url}/audio/transcriptions", body, headers={"Content-Type": content_type})
+    assert resp.status == 200, resp.body
+    assert resp.json == {"text": f"whisper-1 heard {len(audio)} bytes"}
+    recorded = upstream.last("/v1/audio/transcriptions")
+    assert recorded.body == body and recorded.headers["Content-Type"] == content_type

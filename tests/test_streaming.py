@@ -131,3 +131,20 @@ def test_stream_dying_before_first_chunk_falls_back(upstream: FakeOpenAI,
     assert sse_data(resp.body)[-1] == b"[DONE]"
     record = access_records(gw, 1)[-1]
     assert record["upstream_model"] == "gpt-4o" and len(record["fallbacks"]) == 1
+
+
+@pytest.mark.parametrize("shape", [Behaviour(split_writes=True), Behaviour(crlf=True),
+                                   Behaviour(split_writes=True, crlf=True)], ids=["split", "crlf", "split-crlf"])
+@pytest.mark.parametrize("include_usage", [False, True])
+def test_awkward_upstream_framing(shape: Behaviour, include_usage: bool, client: openai.OpenAI, gw: Gateway,
+                                  upstream: FakeOpenAI) -> None:
+    """Events split across reads, CRLF line ends: the client still gets whole events, usage is still counted."""
+    upstream.on("gpt-4o", shape)
+    extra = {"stream_options": {"include_usage": True}} if include_usage else {}
+    chunks = list(client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "a b c"}],
+                                                 stream=True, **extra))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Echo: a b c"
+    usage_chunks = [c for c in chunks if c.usage is not None]
+    assert len(usage_chunks) == (1 if include_usage else 0)
+    record = access_records(gw, 1)[-1]
+    assert (record["tokens_in"], record["tokens_out"]) == (3, 4)

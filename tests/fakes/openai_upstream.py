@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import email.parser
+import email.policy
 import hashlib
 import struct
 import threading
@@ -61,6 +63,8 @@ class Behaviour:
     chunk_delay: float = 0.0  # seconds between streamed chunks
     fail_after_chunks: int | None = None  # close the connection after this many events
     words: int | None = None  # stream this many extra filler words (long streams)
+    split_writes: bool = False  # write each SSE event in two pieces (events straddle TCP reads)
+    crlf: bool = False  # end SSE lines with CRLF, as some servers and proxies do
     body: bytes | None = None  # a raw body instead of the normal one (sent as text/html if status >= 400)
 
 
@@ -160,6 +164,7 @@ class FakeOpenAI:
         r.add_get("/v1/models/{model}", self._get_model)
         r.add_post("/v1/moderations", self._moderations)
         r.add_post("/v1/audio/speech", self._speech)
+        r.add_post("/v1/audio/transcriptions", self._transcriptions)
         r.add_get("/v1/files", self._files)
         return app
 
@@ -345,8 +350,15 @@ class FakeOpenAI:
                     return resp
                 if b.chunk_delay and i:
                     await asyncio.sleep(b.chunk_delay)
+                if b.crlf:
+                    ev = ev.replace(b"\n", b"\r\n")
+                if b.split_writes:
+                    half = len(ev) // 2
+                    await resp.write(ev[:half])
+                    await asyncio.sleep(0.005)
+                    ev = ev[half:]
                 await resp.write(ev)
-            await resp.write(b"data: [DONE]\n\n")
+            await resp.write(b"data: [DONE]\r\n\r\n" if b.crlf else b"data: [DONE]\n\n")
             await resp.write_eof()
         except (asyncio.CancelledError, ConnectionResetError):
             self.disconnects.append(model)
@@ -457,6 +469,17 @@ class FakeOpenAI:
             await resp.write(AUDIO_BYTES[i:i + 256])
         await resp.write_eof()
         return resp
+
+    async def _transcriptions(self, request: web.Request) -> web.Response:
+        """Multipart upload: answer with what arrived, so tests can compare bytes."""
+        raw = await request.read()  # cached: the recording middleware read it already
+        head = f"Content-Type: {request.headers.get('Content-Type', '')}\r\n\r\n".encode()
+        message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + raw)
+        parts = {p.get_param("name", header="content-disposition"): p.get_payload(decode=True)
+                 for p in message.iter_parts()}
+        if not message.is_multipart() or "file" not in parts:
+            return self._error(400, "Expected a multipart upload with a file", param="file")
+        return web.json_response({"text": f"{parts['model'].decode()} heard {len(parts['file'])} bytes"})
 
     async def _files(self, request: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": [], "has_more": False,
