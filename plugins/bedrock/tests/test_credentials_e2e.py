@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import openai
+import pytest
 from bedrock_helpers import AKID, CLIENT_KEY, SECRET, assert_no_secrets, config_yaml, post
 from fakes.bedrock import FakeBedrock
 
@@ -98,3 +99,36 @@ def test_no_secret_in_logs_or_errors(fake: FakeBedrock, gw: Gateway) -> None:
     ]
     assert_no_secrets(gw.log_text, *bodies)
     assert SECRET not in repr(fake.requests)  # the secret itself never travels, only the signature
+
+
+def test_missing_credentials_fail_start_clearly(fake: FakeBedrock, make_gateway: Callable[..., Gateway]) -> None:
+    from proxy.errors import ConfigError
+
+    yaml = config_yaml(fake.url).replace(f"    access_key_id: {AKID}\n    secret_access_key: ${{BEDROCK_SECRET}}\n", "")
+    with pytest.raises(ConfigError, match="no AWS credentials found"):
+        make_gateway(yaml)
+    assert fake.requests == []
+
+
+def test_config_errors_name_the_key(fake: FakeBedrock, tmp_path: Path) -> None:
+    from relaygate_bedrock.plugin import register_providers
+
+    from proxy.config import load_config
+    from proxy.errors import ConfigError
+
+    types: dict[str, type] = {}
+    register_providers(lambda name, cls: types.__setitem__(name, cls))
+    bad = {
+        "region: us-west-2\n    access_key_id: AK": "access_key_id and secret_access_key go together",
+        "endpoint_url: http://x": "region: required",
+        "region: us-west-2\n    fetch_images: maybe": "fetch_images: expected true or false",
+        "region: us-west-2\n    image_fetch: {max_bytes: 10, colour: red}": "image_fetch.colour: unknown key",
+    }
+    for block, expected in bad.items():
+        path = tmp_path / "c.yaml"
+        path.write_text(f"providers:\n  b:\n    type: bedrock\n    {block}\n")
+        with pytest.raises(ConfigError, match=expected):
+            load_config(path, types)
+    path.write_text("providers:\n  o:\n    type: bedrock-openai\n    region: us-east-1\n")
+    with pytest.raises(ConfigError, match="api_key: required"):
+        load_config(path, types)
