@@ -185,3 +185,41 @@ def test_reload_changes_client_keys(upstream: FakeOpenAI, make_gateway: Callable
     assert gw.reload(text)
     assert raw("GET", f"{gw.base_url}/models", key=CLIENT_KEY).status == 401
     assert raw("GET", f"{gw.base_url}/models", key="sk-rotated-key-000").status == 200
+
+
+def test_reload_mid_stream_keeps_upstream_session(upstream: FakeOpenAI,
+                                                   make_gateway: Callable[..., Gateway]) -> None:
+    """The old config's provider (and its connection pool) lives until its last stream ends."""
+    from fakes.openai_upstream import Behaviour
+
+    gw = make_gateway(config_yaml(upstream.url, routes="  - {model: \"*\", to: {provider: up, model: gpt-4o}}\n"))
+    upstream.on("gpt-4o", Behaviour(chunk_delay=0.05, words=20))
+    body: dict[str, bytes] = {}
+    started = threading.Event()
+
+    def stream() -> None:
+        import http.client
+
+        conn = http.client.HTTPConnection("127.0.0.1", gw.port, timeout=30)
+        conn.request("POST", "/v1/chat/completions", orjson.dumps({"model": "x", "messages": CHAT, "stream": True}),
+                     {"Content-Type": "application/json", "Authorization": f"Bearer {CLIENT_KEY}"})
+        resp = conn.getresponse()
+        first = resp.read1()
+        started.set()
+        body["data"] = first + resp.read()
+        conn.close()
+
+    thread = threading.Thread(target=stream)
+    thread.start()
+    try:
+        assert started.wait(10)
+        new_routes = "  - {model: \"*\", to: {provider: up, model: gpt-4o-mini}}\n"
+        assert gw.reload(config_yaml(upstream.url, routes=new_routes))
+        assert post_json(f"{gw.base_url}/chat/completions", {"model": "x", "messages": CHAT}).json["model"] \
+            == "gpt-4o-mini"
+        assert thread.is_alive()
+    finally:
+        thread.join(30)
+    events = sse_data(body["data"])
+    assert events[-1] == b"[DONE]" and not any(e.startswith(b"{\"error\"") for e in events)
+    assert upstream.completed[0] == "gpt-4o" and upstream.disconnects == []
