@@ -294,8 +294,12 @@ async def measure(
 async def measure_quietly(
     port: int, proxy_pid: int | None, mock_pid: int, *, stream: bool, concurrency: int,
     duration: float | None, requests: int | None, warmup: float, max_foreign: float, retries: int,
+    retry_until: float,
 ) -> Sample:
-    """`measure`, repeated (after a pause) while other processes load the machine."""
+    """`measure`, repeated (after a pause) while other processes load the machine.
+
+    Retries stop at `retry_until` (monotonic): the whole run stays bounded.
+    """
     for attempt in range(retries + 1):
         sample = await measure(
             port, proxy_pid, mock_pid, stream=stream, concurrency=concurrency, duration=duration,
@@ -303,10 +307,12 @@ async def measure_quietly(
         )
         if sample.foreign <= max_foreign:
             break
+        again = attempt < retries and time.monotonic() < retry_until
         print(f"  .. foreign load {sample.foreign:.2f} cores; "
-              f"{'retrying' if attempt < retries else 'keeping it (flagged)'}", file=sys.stderr, flush=True)
-        if attempt < retries:
-            await asyncio.sleep(3.0)
+              f"{'retrying' if again else 'keeping it (flagged)'}", file=sys.stderr, flush=True)
+        if not again:
+            break
+        await asyncio.sleep(3.0)
     return sample
 
 
@@ -455,6 +461,7 @@ async def main_async(args: argparse.Namespace) -> None:
             what = f"{args.requests} requests" if args.requests else f"{args.duration:g} s"
             print(f"\n## Throughput and latency ({args.rounds} interleaved rounds x {what} per cell, "
                   f"{args.warmup:g} s warm-up each, {args.chunks} chunks per stream)\n", flush=True)
+            retry_until = time.monotonic() + args.retry_budget
             for rnd in range(args.rounds):
                 for stream in modes:
                     for c in conc:
@@ -464,6 +471,7 @@ async def main_async(args: argparse.Namespace) -> None:
                                 port, pid, mock.pid, stream=stream, concurrency=c,
                                 duration=None if args.requests else args.duration, requests=args.requests,
                                 warmup=args.warmup, max_foreign=args.max_foreign, retries=args.retries,
+                                retry_until=retry_until,
                             )
                             rows[(stream, c, target)].samples.append(sample)
                             print(f"  .. round {rnd + 1} {'stream' if stream else 'json'} c={c} {target}: "
@@ -525,6 +533,8 @@ def main() -> None:
     parser.add_argument("--max-foreign", type=float, default=0.15,
                         help="cores other processes may use during a cell before it is measured again")
     parser.add_argument("--retries", type=int, default=4, help="re-measurements of a cell under foreign load")
+    parser.add_argument("--retry-budget", type=float, default=120.0,
+                        help="seconds the throughput phase may spend re-measuring disturbed cells, in all")
     parser.add_argument("--access-log", choices=("file", "devnull"), default="file")
     parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--skip-memory", action="store_true")
