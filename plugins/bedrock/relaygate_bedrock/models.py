@@ -18,6 +18,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from proxy.types import ModelInfo
 
 log = logging.getLogger("relaygate.bedrock")
+RETRY_AFTER_FAILURE = 30.0
 PROFILE_PREFIXES = ("us.", "eu.", "apac.", "global.", "us-gov.", "jp.", "au.", "ca.")
 
 
@@ -88,5 +89,8 @@ class ModelCache:
                 log.warning("provider %s: Bedrock model listing failed: %s", self.provider, type(exc).__name__)
                 if self._models is None:
                     self._models = []
+                # Try again sooner than a full TTL, but not on every /v1/models call.
+                self._at = loop.time() - self.ttl + min(self.ttl, RETRY_AFTER_FAILURE)
+                return self._models
             self._at = loop.time()
         return self._models

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import openai
 import pytest
-from bedrock_helpers import CLAUDE, assert_no_secrets, post, sse_json, validate
+from bedrock_helpers import CLAUDE, assert_no_secrets, post, sse_json, validate, wait_access
 from fakes.bedrock import FakeBedrock
 
 from proxy.testing import Gateway
@@ -36,7 +36,7 @@ def test_chat_basic(client: openai.OpenAI, fake: FakeBedrock, gw: Gateway) -> No
     assert sent["system"] == [{"text": "Be brief."}, {"text": "Answer in English."}]
     assert sent["messages"] == [{"role": "user", "content": [{"text": "Hi"}, {"text": "there"}]}]
     assert sent["inferenceConfig"] == {"maxTokens": 50, "temperature": 0.3, "topP": 0.9, "stopSequences": ["END"]}
-    record = gw.access_log[-1]
+    record = wait_access(gw)[-1]
     assert record["provider"] == "bedrock" and record["tokens_in"] == 11 and record["tokens_out"] == 7
     assert_no_secrets(gw.log_text, raw.http_response.content)
 
@@ -54,7 +54,7 @@ def test_chat_stream(client: openai.OpenAI, fake: FakeBedrock, gw: Gateway) -> N
     assert finish == ["stop"]
     assert chunks[-1].choices == [] and chunks[-1].usage is not None and chunks[-1].usage.total_tokens == 18
     assert fake.requests[-1].raw_path.endswith("%3A0/converse-stream")
-    assert gw.access_log[-1]["tokens_in"] == 11
+    assert wait_access(gw)[-1]["tokens_in"] == 11
 
 
 def test_stream_raw_chunks_conform(gw: Gateway) -> None:
