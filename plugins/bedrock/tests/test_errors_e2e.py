@@ -160,3 +160,27 @@ def test_completions_endpoint_not_served(gw: Gateway) -> None:
     resp = post(gw.base_url, "/completions", {"model": "claude", "prompt": "hi"})
     assert resp.status in (400, 404)
     validate_error(resp.json)
+
+
+def test_client_leaving_closes_the_bedrock_stream(gw: Gateway, fake: FakeBedrock) -> None:
+    """A client that hangs up mid-stream must not leave the upstream stream open."""
+    import http.client
+    import time
+    from urllib.parse import urlsplit
+
+    import orjson
+
+    parts = urlsplit(gw.base_url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+    body = {"model": "claude", "stream": True, "messages": _say("[[slow:0.05]]")}
+    conn.request("POST", parts.path + "/chat/completions", body=orjson.dumps(body),
+                 headers={"Authorization": f"Bearer {CLIENT_KEY}", "Content-Type": "application/json"})
+    resp = conn.getresponse()
+    assert resp.status == 200
+    assert resp.read1(100)  # the stream has started
+    resp.close()
+    conn.close()
+    deadline = time.monotonic() + 5
+    while not fake.hung_up and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert fake.hung_up == ["/model/us.anthropic.claude-3-7-sonnet-20250219-v1%3A0/converse-stream"]

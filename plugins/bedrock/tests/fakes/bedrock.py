@@ -87,6 +87,7 @@ class FakeBedrock:
     split_frames: bool = True
     sts_keys: tuple[str, str, str] = ("ASIAROLEKEY", "role-secret-key-value", "role-session-token-value")
     record: bool = True
+    hung_up: list[str] = field(default_factory=list)  # streams the gateway closed before the end
 
     # ------------------------------------------------------------ app
 
@@ -275,6 +276,16 @@ class FakeBedrock:
         frames = _stream_frames(blocks, stop_reason, usage, markers)
         resp = web.StreamResponse(headers={"Content-Type": "application/vnd.amazon.eventstream"})
         await resp.prepare(request)
+        if "slow" in markers:  # one frame per `slow` seconds, noticing when the gateway hangs up
+            try:
+                for frame in frames:
+                    await resp.write(frame)
+                    await asyncio.sleep(float(markers["slow"]))
+            except (asyncio.CancelledError, ConnectionResetError):
+                self.hung_up.append(request.raw_path)
+                raise
+            await resp.write_eof()
+            return resp
         if self.split_frames:
             joined = b"".join(frames)
             # Network reads split and join frames anywhere: 1, 5, 13, ... byte pieces.
@@ -413,6 +424,8 @@ def _answer(model_id: str, data: dict[str, Any], markers: dict[str, str]) -> tup
         blocks.append({"text": f"I see a {images[-1]['format']} image of {size} bytes."})
     else:
         blocks.append({"text": "Hello from fake Bedrock!"})
+        if "slow" in markers:
+            blocks.extend({"text": f"more text {i}."} for i in range(20))
     return blocks, markers.get("stop", "end_turn")
 
 
