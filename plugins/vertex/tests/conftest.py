@@ -8,9 +8,7 @@ tests names its `credentials_file` (or sets GOOGLE_APPLICATION_CREDENTIALS itsel
 from __future__ import annotations
 
 import json
-import os
 import sys
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,17 +23,21 @@ for _path in (HERE, CORE_TESTS, AZURE_TESTS):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
-os.environ["GCE_METADATA_HOST"] = "127.0.0.1:9"
-os.environ["GCE_METADATA_IP"] = "127.0.0.1:9"
-os.environ["NO_GCE_CHECK"] = "True"
-os.environ["CLOUDSDK_CONFIG"] = tempfile.mkdtemp(prefix="relaygate-no-gcloud-")
-os.environ.pop("GOOGLE_APPLICATION_CREDENTIALS", None)
-
 from google_fake import GoogleState, make_app  # noqa: E402
 
 from proxy.testing import FakeServer  # noqa: E402
 
 CLIENT_EMAIL = "relaygate-test@my-proj-123.iam.gserviceaccount.com"
+
+
+@pytest.fixture(autouse=True)
+def no_real_google(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Whatever a test does, google-auth finds no metadata server and no gcloud login."""
+    monkeypatch.setenv("GCE_METADATA_HOST", "127.0.0.1:9")
+    monkeypatch.setenv("GCE_METADATA_IP", "127.0.0.1:9")
+    monkeypatch.setenv("NO_GCE_CHECK", "True")
+    monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path_factory.mktemp("no-gcloud")))
+    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
 
 
 @pytest.fixture(scope="session")

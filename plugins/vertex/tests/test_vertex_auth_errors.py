@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import re
-import time
 from pathlib import Path
 
 import openai
@@ -15,7 +14,7 @@ from azure_fake import AzureState
 from azure_fake import make_app as make_azure_app
 from cryptography.hazmat.primitives import serialization
 from openapi_check import validate_error
-from vertex_support import CLIENT_KEY, HELLO, client_for, config
+from vertex_support import CLIENT_KEY, HELLO, access_records, client_for, config
 
 from proxy.app import GATEWAY
 from proxy.testing import FakeServer, Gateway
@@ -61,7 +60,7 @@ def test_a_401_refreshes_once_and_retries(google) -> None:
             True,  # refused
             False,  # retried with the refreshed token
         ]
-        record = gw.access_log[-1]
+        record = access_records(gw, 2)[-1]
         assert record["status"] == 200 and record["fallbacks"] == []
 
 
@@ -145,10 +144,7 @@ def test_vertex_failures_fall_back_to_azure(google) -> None:
             assert client.chat.completions.create(model="smart", messages=HELLO).choices[0].message.content == (
                 "Hello from Gemini"
             )
-            deadline = time.monotonic() + 3
-            while len(gw.access_log) < 4 and time.monotonic() < deadline:
-                time.sleep(0.01)
-            records = gw.access_log
+            records = access_records(gw, 4)
             assert [r["provider"] for r in records] == ["azure", "azure", "azure", "vertex"]
             assert records[0]["fallbacks"] == ["vertex: HTTP 503 upstream_unavailable"]
             assert records[1]["fallbacks"] == ["vertex: HTTP 429 rate_limit_exceeded"]
