@@ -61,7 +61,7 @@ def test_assume_role(fake: FakeBedrock, make_gateway: Callable[..., Gateway]) ->
     fake.keys[role_key] = (role_secret, role_token)
     extra = (f"    role_arn: arn:aws:iam::123456789012:role/relaygate\n    external_id: ext-123\n"
              f"    sts_endpoint_url: {fake.url}\n")
-    gw = make_gateway(config_yaml(fake.url, provider_extra=extra))
+    gw = make_gateway(config_yaml(fake.url, provider_extra=extra, catch_all=True))
     resp = post(gw.base_url, "/chat/completions", {"model": "claude", "messages": HI})
     assert resp.status == 200, resp.body
     sts = [r for r in fake.requests if r.raw_path == "/"]
@@ -71,7 +71,9 @@ def test_assume_role(fake: FakeBedrock, make_gateway: Callable[..., Gateway]) ->
     assert runtime[-1].access_key == role_key and runtime[-1].headers["X-Amz-Security-Token"] == role_token
     # The control plane uses the role too.
     with openai.OpenAI(base_url=gw.base_url, api_key=CLIENT_KEY, max_retries=0) as c:
-        c.models.list()
+        assert "us.anthropic.claude-3-7-sonnet-20250219-v1:0" in [m.id for m in c.models.list()]
+    control = [r for r in fake.requests if r.raw_path.startswith(("/foundation-models", "/inference-profiles"))]
+    assert control and {r.access_key for r in control} == {role_key}
     assert_no_secrets(gw.log_text, resp.body)
     assert role_secret not in gw.log_text and role_token not in gw.log_text
 
