@@ -11,6 +11,7 @@ Behaviour is picked by the last user message:
   "fail with 500"     -> 500
   "fail with 503"     -> 503
   "annotate"          -> the stream also carries an async-filter annotation chunk
+  "filter the answer" -> the completion is cut by the output filter (finish_reason content_filter)
 """
 
 from __future__ import annotations
@@ -174,6 +175,15 @@ def make_app(state: AzureState) -> web.Application:
 
         app.router.add_post(f"/openai/deployments/{{deployment}}/{op}", classic)
         app.router.add_post(f"/openai/v1/{op}", v1)
+
+    async def files(request: web.Request) -> web.Response:
+        state.requests.append({"path": request.path, "query": dict(request.query), "headers": dict(request.headers)})
+        denied = check_auth(request)
+        if denied is not None:
+            return denied
+        return web.json_response({"object": "list", "data": [], "has_more": False})
+
+    app.router.add_get("/openai/v1/files", files)
     return app
 
 
@@ -194,6 +204,7 @@ def _chat(body: dict[str, Any], model: str, state: AzureState) -> web.Response:
     message: dict[str, Any] = {"role": "assistant", "content": None if calls else state.answer, "refusal": None}
     if calls:
         message["tool_calls"] = calls
+    finish_reason = "content_filter" if "filter the answer" in _last_user_text(body) else "stop"
     out = {
         "id": "chatcmpl-azure-1",
         "object": "chat.completion",
@@ -206,7 +217,7 @@ def _chat(body: dict[str, Any], model: str, state: AzureState) -> web.Response:
                 "index": 0,
                 "message": message,
                 "logprobs": None,
-                "finish_reason": "tool_calls" if calls else "stop",
+                "finish_reason": "tool_calls" if calls else finish_reason,
                 "content_filter_results": FILTER_RESULTS,
             }
         ],
@@ -314,9 +325,10 @@ async def _stream(
             else:
                 piece["text"] = word + " "
             await resp.write(chunk(piece))
+    filtered = "filter the answer" in text
     finish: dict[str, Any] = {
-        "content_filter_results": {},
-        "finish_reason": "tool_calls" if calls else "stop",
+        "content_filter_results": {"violence": {"filtered": True, "severity": "medium"}} if filtered else {},
+        "finish_reason": "tool_calls" if calls else ("content_filter" if filtered else "stop"),
         "index": 0,
         "logprobs": None,
     }

@@ -200,3 +200,36 @@ def test_azure_openai_client_against_the_gateway(azure) -> None:
         with wrong, pytest.raises(openai.AuthenticationError):
             wrong.chat.completions.create(model="gpt-4o", messages=HELLO)
         assert UPSTREAM_KEY not in gw.log_text and CLIENT_KEY not in gw.log_text
+
+
+@pytest.mark.parametrize("credential", ["api_key", "ad_token_file"])
+def test_no_secret_in_logs_or_responses(azure, tmp_path: Path, credential: str) -> None:
+    state, url = azure
+    token = make_jwt(time.time() + 3600, 7)
+    if credential == "api_key":
+        auth, secret = f"    api_key: {UPSTREAM_KEY}", UPSTREAM_KEY
+    else:
+        (tmp_path / "token").write_text(token)
+        state.tokens = {token}
+        auth, secret = f"    ad_token_file: {tmp_path / 'token'}", token
+    yaml = AZURE_STYLE.replace(f"    api_key: {UPSTREAM_KEY}", auth)
+    seen: list[str] = []
+    with (
+        Gateway(yaml, env={"AZURE_URL": url}) as gw,
+        openai.OpenAI(base_url=gw.base_url, api_key=CLIENT_KEY, max_retries=0) as client,
+    ):
+        raw = client.chat.completions.with_raw_response.create(model="gpt-4o", messages=HELLO)
+        seen.append(raw.http_response.text + str(raw.headers))
+        stream = client.chat.completions.with_raw_response.create(model="gpt-4o", messages=HELLO, stream=True)
+        seen.append(b"".join(stream.http_response.iter_bytes()).decode() + str(stream.headers))
+        for text in ("please filter me", "rate limit me", "fail with 503"):
+            with pytest.raises(openai.APIStatusError) as info:
+                client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": text}])
+            seen.append(info.value.response.text + str(info.value.response.headers))
+        state.api_key, state.tokens = "rotated", set()  # now the upstream refuses the gateway's credential
+        with pytest.raises(openai.AuthenticationError) as denied:
+            client.chat.completions.create(model="gpt-4o", messages=HELLO)
+        seen.append(denied.value.response.text + str(denied.value.response.headers))
+        access_record(gw, 6)
+        for hay in (gw.log_text, *seen):
+            assert secret not in hay and CLIENT_KEY not in hay

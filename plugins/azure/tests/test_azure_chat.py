@@ -196,3 +196,26 @@ def test_endpoint_forms_give_the_resource_root(endpoint: str) -> None:
         "azure", Options({"type": "azure", "endpoint": endpoint, "api_key": "k", "api_version": "2024-10-21"})
     )
     assert provider.root == endpoint.rstrip("/").removesuffix("/openai")
+
+
+def test_output_content_filter_keeps_its_finish_reason(azure) -> None:
+    _, url = azure
+    cut = [{"role": "user", "content": "filter the answer"}]
+    with Gateway(config(url), env=ENV) as gw, openai.OpenAI(base_url=gw.base_url, api_key=CLIENT_KEY) as client:
+        reply = client.chat.completions.create(model="gpt-4o", messages=cut)
+        assert reply.choices[0].finish_reason == "content_filter"
+        chunks = list(client.chat.completions.create(model="gpt-4o", messages=cut, stream=True))
+        assert chunks[-1].choices[0].finish_reason == "content_filter"
+        assert chunks[-1].choices[0].model_extra["content_filter_results"]["violence"]["filtered"] is True
+
+
+def test_v1_api_mode_passes_other_routes_through(azure) -> None:
+    state, url = azure
+    yaml = (
+        config(url).replace('    api_version: "2024-10-21"\n', "    api_mode: v1\n") + "  - model: '*'\n    to: azure\n"
+    )
+    with Gateway(yaml, env=ENV) as gw, openai.OpenAI(base_url=gw.base_url, api_key=CLIENT_KEY) as client:
+        assert list(client.files.list(purpose="batch")) == []
+        seen = state.seen()
+        assert seen["path"] == "/openai/v1/files" and seen["query"] == {"purpose": "batch"}
+        assert seen["headers"]["api-key"] == UPSTREAM_KEY and "Authorization" not in seen["headers"]
