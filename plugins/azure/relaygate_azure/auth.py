@@ -177,11 +177,11 @@ class EntraToken:
         return await self._renew(self._generation, force=False)
 
     async def refresh(self) -> bool:
-        """Fetch again after the upstream refused the token; False if it cannot change."""
+        """Fetch again after the upstream refused the token; True if there is a new one to retry with."""
         if self.static:
             return False
-        await self._renew(self._generation, force=True)
-        return True
+        before = self._current.value if self._current is not None else None
+        return await self._renew(self._generation, force=True) != before
 
     async def _renew(self, seen: int, *, force: bool) -> str:
         async with self._lock:

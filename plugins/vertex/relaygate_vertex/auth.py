@@ -110,9 +110,12 @@ class GoogleToken:
         return await self._renew(self._generation, force=False)
 
     async def refresh(self) -> bool:
-        """Refresh after Vertex refused the token; raises like `token()` when it cannot."""
-        await self._renew(self._generation, force=True)
-        return True
+        """Refresh after Vertex refused the token; True if there is a new one to retry with.
+
+        Raises like `token()` when there is no usable token at all.
+        """
+        before = self._current.value if self._current is not None else None
+        return await self._renew(self._generation, force=True) != before
 
     async def _renew(self, seen: int, *, force: bool) -> str:
         async with self._lock:
