@@ -59,8 +59,8 @@ def is_public_address(ip: IPAddress) -> bool:
     return ip.is_global and not ip.is_multicast
 
 
-async def _resolve(host: str, port: int, allow_private: bool) -> IPAddress:
-    """The address to connect to; every address the name resolves to must pass."""
+async def _resolve(host: str, port: int, allow_private: bool) -> list[IPAddress]:
+    """The addresses to connect to, in resolver order; every one must pass the check."""
     try:
         literal: IPAddress | None = ipaddress.ip_address(host)
     except ValueError:
@@ -73,7 +73,7 @@ async def _resolve(host: str, port: int, allow_private: bool) -> IPAddress:
             infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except OSError as exc:
             raise _bad(f"Could not resolve the image URL's host {host!r}.") from exc
-        addresses = [ipaddress.ip_address(info[4][0].split("%", 1)[0]) for info in infos]
+        addresses = list(dict.fromkeys(ipaddress.ip_address(info[4][0].split("%", 1)[0]) for info in infos))
         if not addresses:
             raise _bad(f"Could not resolve the image URL's host {host!r}.")
     if not allow_private:
@@ -84,7 +84,7 @@ async def _resolve(host: str, port: int, allow_private: bool) -> IPAddress:
                     "the gateway does not fetch from those.",
                     code="invalid_image_url",
                 )
-    return addresses[0]
+    return addresses
 
 
 def _check_url(url: URL) -> None:
@@ -110,17 +110,37 @@ async def _read_capped(resp: aiohttp.ClientResponse, max_bytes: int) -> bytes:
     return b"".join(parts)
 
 
+async def _connect(
+    session: aiohttp.ClientSession, url: URL, addresses: list[IPAddress]
+) -> aiohttp.ClientResponse:
+    """GET `url` from the first checked address that accepts a connection.
+
+    The Host header and the TLS server name stay the URL's own, so virtual hosting and
+    certificate checks work as if the name had been used.
+    """
+    host = url.host
+    headers = {"Host": url.raw_authority, "Accept": "image/*", "Accept-Encoding": "identity"}
+    kwargs = {"server_hostname": host} if url.scheme == "https" else {}
+    last: aiohttp.ClientConnectorError | None = None
+    for ip in addresses:
+        pinned = url.with_host(str(ip)) if str(ip) != host else url
+        try:
+            return await session.get(pinned, headers=headers, allow_redirects=False, **kwargs)  # type: ignore[arg-type]
+        except aiohttp.ClientSSLError:
+            raise  # a certificate problem is not solved by another address
+        except aiohttp.ClientConnectorError as exc:
+            last = exc
+    assert last is not None
+    raise last
+
+
 async def _fetch(session: aiohttp.ClientSession, url: URL, max_bytes: int, allow_private: bool) -> bytes:
     for _hop in range(MAX_REDIRECTS + 1):
         _check_url(url)
-        host = url.host
-        assert host is not None  # _check_url
+        assert url.host is not None  # _check_url
         port = url.explicit_port or (443 if url.scheme == "https" else 80)
-        ip = await _resolve(host, port, allow_private)
-        pinned = url.with_host(str(ip)) if str(ip) != host else url
-        headers = {"Host": url.raw_authority, "Accept": "image/*", "Accept-Encoding": "identity"}
-        kwargs = {"server_hostname": host} if url.scheme == "https" else {}
-        async with session.get(pinned, headers=headers, allow_redirects=False, **kwargs) as resp:  # type: ignore[arg-type]
+        addresses = await _resolve(url.host, port, allow_private)
+        async with await _connect(session, url, addresses) as resp:
             if resp.status in (301, 302, 303, 307, 308):
                 location = resp.headers.get("Location")
                 if not location:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import ssl
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -209,3 +211,84 @@ async def test_http_error(server: Server, session: Session) -> None:
 async def test_connection_refused_is_400(session: Session) -> None:
     with pytest.raises(InvalidRequest, match="failed"):
         await fetch_image(session, "http://127.0.0.1:9/x.png", allow_private=True, timeout=2)
+
+
+async def test_next_address_tried_when_one_refuses(
+    server: Server, session: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url, _ = server
+
+    async def two_addresses(host: str, port: int, allow_private: bool) -> list[ipaddress.IPv4Address]:
+        return [ipaddress.IPv4Address("127.0.0.2"), ipaddress.IPv4Address("127.0.0.1")]  # .2 is not listening
+
+    monkeypatch.setattr(fetch, "_resolve", two_addresses)
+    data, _ = await fetch_image(session, url.replace("127.0.0.1", "images.test") + "/img.png")
+    assert data == PNG
+
+
+# ---------------------------------------------------------------- TLS with a pinned address
+
+
+def _tls_pair(tmp_path: Path, names: list[str]) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """(server context with a cert for `names`, client context trusting only its CA)."""
+    pytest.importorskip("cryptography")
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "relaygate test CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(1).not_valid_before(now - datetime.timedelta(days=1))
+          .not_valid_after(now + datetime.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .sign(ca_key, hashes.SHA256()))
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, names[0])]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(2)
+            .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    (tmp_path / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                                         serialization.PrivateFormat.PKCS8,
+                                                         serialization.NoEncryption()))
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+    client_ctx = ssl.create_default_context(cadata=ca.public_bytes(serialization.Encoding.PEM).decode())
+    return server_ctx, client_ctx
+
+
+@pytest.mark.parametrize(("names", "ok"), [(["images.test"], True), (["someone-else.test"], False)])
+async def test_https_pinned_to_checked_ip_still_verifies_the_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, names: list[str], ok: bool
+) -> None:
+    server_ctx, client_ctx = _tls_pair(tmp_path, names)
+    runner = web.AppRunner(_app())
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=server_ctx)
+    await site.start()
+    port = runner.addresses[0][1]
+    loop = asyncio.get_running_loop()
+    real = loop.getaddrinfo
+
+    async def fake_dns(host: str, *args: object, **kwargs: object) -> object:
+        assert host == "images.test"  # only the check resolves; the connection goes to the IP
+        return await real("127.0.0.1", *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(loop, "getaddrinfo", fake_dns)
+    try:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=client_ctx)) as s:
+            url = f"https://images.test:{port}/img.png"
+            if ok:
+                data, media_type = await fetch_image(s, url, allow_private=True)
+                assert (data, media_type) == (PNG, "image/png")
+            else:
+                with pytest.raises(InvalidRequest, match="failed"):
+                    await fetch_image(s, url, allow_private=True)
+    finally:
+        await runner.cleanup()
