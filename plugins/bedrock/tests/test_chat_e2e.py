@@ -110,3 +110,15 @@ def test_model_id_encoding_for_arn(fake: FakeBedrock, make_gateway, client: open
 
 def test_claude_model_id_constant() -> None:
     assert CLAUDE.endswith("-v1:0")
+
+
+async def test_async_sdk_stream_and_embeddings(gw: Gateway) -> None:
+    from bedrock_helpers import CLIENT_KEY
+
+    async with openai.AsyncOpenAI(base_url=gw.base_url, api_key=CLIENT_KEY, max_retries=0) as client:
+        stream = await client.chat.completions.create(
+            model="claude", messages=[{"role": "user", "content": "Hi"}], stream=True)
+        text = "".join([c.choices[0].delta.content or "" async for c in stream])
+        assert text == "Hello from fake Bedrock!"
+        out = await client.embeddings.create(model="titan", input=["a", "b"])
+        assert [d.index for d in out.data] == [0, 1] and len(out.data[0].embedding) == 8
