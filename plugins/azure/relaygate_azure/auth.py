@@ -34,6 +34,9 @@ log = logging.getLogger("relaygate.azure")
 DEFAULT_TTL = 3000.0  # Entra access tokens live 60-90 min; assume less when nothing says
 DEFAULT_MARGIN = 300.0
 DEFAULT_COMMAND_TIMEOUT = 60.0
+#: After a failed fetch, requests use what there is (or fail at once) for this long
+#: instead of each running the command again, so a route's fallbacks are quick.
+FAILURE_BACKOFF = 10.0
 
 
 class TokenFetchError(Exception):
@@ -108,6 +111,11 @@ def parse_token_output(text: str, *, ttl: float, now: float | None = None) -> To
     return Token(value, expires if expires is not None else now + ttl)
 
 
+def _usable(token: Token) -> bool:
+    """Not expired yet (though perhaps inside the refresh margin)."""
+    return token.expires_at is None or time.time() < token.expires_at
+
+
 class EntraToken:
     """One provider's Entra ID token, refreshed before it expires."""
 
@@ -132,6 +140,7 @@ class EntraToken:
         self._current: Token | None = Token(token, jwt_expiry(token)) if token is not None else None
         self._generation = 0
         self._lock = asyncio.Lock()
+        self._failed_until = 0.0
         #: How many fetches ran (tests and metrics; never the tokens themselves).
         self.fetches = 0
 
@@ -190,21 +199,29 @@ class EntraToken:
                 return current.value  # another request refreshed while this one waited
             if not force and current is not None and self._fresh(current):
                 return current.value
+            if time.monotonic() < self._failed_until:  # the last fetch failed moments ago
+                if current is not None and _usable(current):
+                    return current.value
+                raise self._unavailable()
             try:
                 token = await asyncio.to_thread(self._fetch)
             except TokenFetchError as exc:
-                if current is not None and (current.expires_at is None or time.time() < current.expires_at):
+                self._failed_until = time.monotonic() + FAILURE_BACKOFF
+                if current is not None and _usable(current):
                     log.warning(
                         "provider %s: Entra ID token refresh failed (%s); using the current token", self.provider, exc
                     )
                     return current.value
                 log.error("provider %s: cannot get an Entra ID token: %s", self.provider, exc)
-                raise UpstreamUnavailable(
-                    f"provider {self.provider!r} could not obtain its Entra ID token", code="upstream_auth_unavailable"
-                ) from exc
+                raise self._unavailable() from exc
             self._current = token
             self._generation += 1
             return token.value
+
+    def _unavailable(self) -> UpstreamUnavailable:
+        return UpstreamUnavailable(
+            f"provider {self.provider!r} could not obtain its Entra ID token", code="upstream_auth_unavailable"
+        )
 
     # -------------------------------------------------------------- blocking fetch (worker thread)
 

@@ -141,6 +141,9 @@ def test_failing_token_command_is_a_503_without_details(azure, tmp_path: Path) -
             client.chat.completions.create(model="gpt-4o", messages=HELLO)
         assert info.value.status_code == 503
         assert "status 3" in gw.log_text  # the operator sees why
+        with pytest.raises(openai.InternalServerError):  # within the back-off: no second run
+            client.chat.completions.create(model="gpt-4o", messages=HELLO)
+        assert provider_of(gw).tokens.fetches == 1
 
 
 def test_az_cli_json_and_raw_tokens_parse() -> None:

@@ -37,6 +37,9 @@ log = logging.getLogger("relaygate.vertex")
 
 CLOUD_PLATFORM = "https://www.googleapis.com/auth/cloud-platform"
 DEFAULT_MARGIN = 300.0
+#: After a failure with no usable token, requests fail at once for this long instead of
+#: each waiting for another attempt (finding no ADC takes seconds), so fallbacks are quick.
+FAILURE_BACKOFF = 10.0
 
 
 @dataclass(slots=True, frozen=True)
@@ -74,6 +77,11 @@ def load_credentials_file(path: str, scopes: Sequence[str]) -> Any:
     )
 
 
+def _usable(token: AccessToken | None) -> bool:
+    """Not expired yet (though perhaps inside the refresh margin)."""
+    return token is not None and (token.expires_at is None or time.time() < token.expires_at)
+
+
 class GoogleToken:
     """One provider's Google credentials and its current access token."""
 
@@ -95,6 +103,7 @@ class GoogleToken:
         self._current: AccessToken | None = None
         self._generation = 0
         self._lock = asyncio.Lock()
+        self._failed_until = 0.0
         #: How many refreshes ran (tests and metrics; never the tokens themselves).
         self.refreshes = 0
 
@@ -124,23 +133,30 @@ class GoogleToken:
                 return current.value  # refreshed while this request waited
             if not force and current is not None and self._fresh(current):
                 return current.value
+            if time.monotonic() < self._failed_until:  # the last attempt failed moments ago
+                if current is not None and _usable(current):
+                    return current.value
+                raise self._unavailable()
             try:
                 token = await asyncio.to_thread(self._refresh_blocking)
             except (gexc.GoogleAuthError, ValueError, OSError) as exc:
                 reason = f"{type(exc).__name__}: {str(exc)[:300]}"
-                if current is not None and (current.expires_at is None or time.time() < current.expires_at):
+                self._failed_until = time.monotonic() + FAILURE_BACKOFF
+                if current is not None and _usable(current):
                     log.warning(
                         "provider %s: token refresh failed (%s); using the current token", self.provider, reason
                     )
                     return current.value
                 log.error("provider %s: cannot get a Google access token: %s", self.provider, reason)
-                raise UpstreamUnavailable(
-                    f"provider {self.provider!r} could not obtain a Google access token",
-                    code="upstream_auth_unavailable",
-                ) from exc
+                raise self._unavailable() from exc
             self._current = token
             self._generation += 1
             return token.value
+
+    def _unavailable(self) -> UpstreamUnavailable:
+        return UpstreamUnavailable(
+            f"provider {self.provider!r} could not obtain a Google access token", code="upstream_auth_unavailable"
+        )
 
     # -------------------------------------------------------------- blocking (worker thread)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import re
+import time
 from pathlib import Path
 
 import openai
@@ -180,3 +181,23 @@ def test_no_secret_reaches_logs_or_responses(google, rsa_key) -> None:
             for hay in haystacks:
                 assert secret not in hay
         assert not re.search(r"ya29\.", gw.log_text)
+
+
+def test_no_credentials_anywhere_is_a_quick_503(google) -> None:
+    state, url, account = google
+    yaml = config(url, account).replace(f"    credentials_file: {account}\n", "")
+    with Gateway(yaml) as gw, client_for(gw) as client:  # ADC: no env file, no gcloud, metadata port closed
+        started = time.monotonic()
+        with pytest.raises(openai.InternalServerError) as info:
+            client.chat.completions.create(model="gemini-2.0-flash", messages=HELLO)
+        assert info.value.status_code == 503 and info.value.code == "upstream_auth_unavailable"
+        assert time.monotonic() - started < 10
+        assert "DefaultCredentialsError" in gw.log_text
+        # right after a failure the next requests fail at once (so fallbacks are quick)
+        started = time.monotonic()
+        for _ in range(3):
+            with pytest.raises(openai.InternalServerError):
+                client.chat.completions.create(model="gemini-2.0-flash", messages=HELLO)
+        assert time.monotonic() - started < 1
+        assert provider_of(gw).tokens.refreshes == 0  # credentials never loaded, never refreshed
+        assert state.requests == []
