@@ -66,8 +66,9 @@ class AzureProvider(OpenAICompatibleProvider):
             raise options.error("api_key", "required; expected api_key, ad_token, ad_token_command or ad_token_file")
         if self.api_mode == "v1":
             # Azure's v1 API is OpenAI's own surface: other /v1/* routes can go through as they are.
-            self.endpoints = frozenset({CHAT, COMPLETIONS, EMBEDDINGS, PASSTHROUGH})
-            self.supports_passthrough = True
+            # Instance overrides of the class defaults (the core reads them per instance).
+            self.endpoints = frozenset({CHAT, COMPLETIONS, EMBEDDINGS, PASSTHROUGH})  # type: ignore[misc]
+            self.supports_passthrough = True  # type: ignore[misc]
 
     # -------------------------------------------------------------- extension points
 

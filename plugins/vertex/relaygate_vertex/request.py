@@ -50,7 +50,7 @@ def is_http(url: object) -> bool:
 
 
 def _image_parts(messages: list[Any]) -> list[dict[str, Any]]:
-    parts = []
+    parts: list[dict[str, Any]] = []
     for message in messages:
         content = message.get("content") if isinstance(message, dict) else None
         if isinstance(content, list):
