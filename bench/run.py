@@ -403,13 +403,11 @@ async def memory(proc: Proc, streams: int, timeout: float) -> tuple[float, float
 
 
 def versions() -> str:
-    import aiohttp
-
-    import proxy
+    from importlib.metadata import version
 
     return (
-        f"Python {platform.python_version()}, relaygate {proxy.__version__}, aiohttp {aiohttp.__version__}, "
-        f"uvloop {uvloop.__version__}, orjson {orjson.__version__}, {platform.machine()} "
+        f"Python {platform.python_version()}, relaygate {version('relaygate')}, aiohttp {version('aiohttp')}, "
+        f"uvloop {version('uvloop')}, orjson {version('orjson')}, {platform.machine()} "
         f"{os.cpu_count()} CPUs, kernel {platform.release()}"
     )
 

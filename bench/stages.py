@@ -1,0 +1,138 @@
+"""Microbenchmark of the gateway's own per-request stages, without the network.
+
+Loads the real runtime from the same generated config as `run.py` (every installed
+plugin, auth on, access log to a file) and times each stage the request path runs:
+`Call` construction, body parse and check, each hook stage, the upstream body and the
+usage parse. Best of 5 batches; one core, no sockets, so it is far steadier than the
+end-to-end numbers and shows what a change to a stage is worth.
+
+    python bench/stages.py [--requests 20000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from multidict import CIMultiDict, CIMultiDictProxy
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from mock_upstream import COMPLETION
+from run import CLIENT_KEY, chat_body, gateway_config
+
+from proxy.openai_compat import OpenAICompatibleProvider
+from proxy.request import check_body, parse_json
+from proxy.runtime import Runtime, load_runtime
+from proxy.types import CHAT, Call
+
+
+async def one_batch(runtime: Runtime, n: int) -> dict[str, float]:
+    raw = chat_body(False)
+    headers = CIMultiDictProxy(
+        CIMultiDict({"Content-Type": "application/json", "Authorization": f"Bearer {CLIENT_KEY}"})
+    )
+    chain = runtime.chain
+    spent: dict[str, float] = {}
+
+    def add(stage: str, since: float) -> float:
+        now = time.perf_counter()
+        spent[stage] = spent.get(stage, 0.0) + now - since
+        return now
+
+    for _ in range(n):
+        t = time.perf_counter()
+        call = Call(
+            request_id="req_" + os.urandom(12).hex(), endpoint=CHAT, method="POST", path=CHAT,
+            query_string="", headers=headers, config=runtime.config,
+        )
+        t = add("Call + request id", t)
+        call.raw_body = raw
+        call.body = parse_json(raw)
+        call.model, call.stream = check_body(CHAT, call.body)
+        t = add("parse + check body", t)
+        call.client = await chain.first("authenticate", call=call)
+        t = add("authenticate", t)
+        call.targets = await chain.first("route", call=call)
+        t = add("route", t)
+        await chain.each("rewrite_request", call=call)
+        t = add("rewrite_request", t)
+        target = call.target = call.targets[0]
+        await chain.each("inject_guardrails", call=call, target=target)
+        t = add("inject_guardrails", t)
+        provider = target.provider
+        assert isinstance(provider, OpenAICompatibleProvider)
+        await provider.body_for(call, target)
+        t = add("body_for (upstream bytes)", t)
+        call.usage = provider._usage_of(COMPLETION)
+        t = add("usage parse of the answer", t)
+        call.status, call.first_byte = 200, time.perf_counter()
+        t = time.perf_counter()
+        await chain.each("log_request", call=call)
+        add("log_request", t)
+    return spent
+
+
+class DirectAccessLog:
+    """Stands in for the `relaygate.access` logger: the line goes straight to a buffered binary file.
+
+    What `--direct-access-log` measures: the suggested replacement for `logging.info`.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.out = open(path, "wb", buffering=1 << 16)  # noqa: SIM115 - lives as long as the process
+
+    def isEnabledFor(self, level: int) -> bool:
+        return True
+
+    def info(self, msg: str) -> None:
+        self.out.write(msg.encode() + b"\n")
+
+
+def setup_access_log(workdir: Path, direct: bool) -> None:
+    if direct:
+        import proxy.builtin.accesslog as accesslog
+
+        accesslog.log = DirectAccessLog(workdir / "access.log")  # type: ignore[assignment]
+        return
+    access = logging.getLogger("relaygate.access")
+    stream = open(workdir / "access.log", "w")  # noqa: SIM115 - lives as long as the process
+    handler = logging.StreamHandler(stream)  # as `relaygate serve` sets it up, but to a file
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    access.addHandler(handler)
+    access.propagate = False
+    access.setLevel(logging.INFO)
+
+
+async def main_async(requests: int, direct_log: bool) -> None:
+    workdir = Path(tempfile.mkdtemp(prefix="relaygate-stages-"))
+    runtime = load_runtime(gateway_config(workdir, 9))  # never started: nothing is sent
+    setup_access_log(workdir, direct_log)
+    print("hook implementations per stage:", {k: len(v) for k, v in runtime.chain.stages.items()})
+    await one_batch(runtime, 2000)  # warm-up
+    best: dict[str, float] = {}
+    for _ in range(5):
+        spent = await one_batch(runtime, requests)
+        best = {k: min(best.get(k, v), v) for k, v in spent.items()}
+    print(f"\n| stage | µs/request (best of 5 x {requests:,}) |\n|---|---:|")
+    for stage, total in best.items():
+        print(f"| {stage} | {total / requests * 1e6:.2f} |")
+    print(f"| **total** | **{sum(best.values()) / requests * 1e6:.2f}** |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Time the gateway's own per-request stages.")
+    parser.add_argument("--requests", type=int, default=20000, help="requests per batch")
+    parser.add_argument("--direct-access-log", action="store_true",
+                        help="replace logging.info in the access log by a buffered binary write (the suggestion)")
+    args = parser.parse_args()
+    asyncio.run(main_async(args.requests, args.direct_access_log))
+
+
+if __name__ == "__main__":
+    main()
