@@ -531,7 +531,7 @@ def main() -> None:
     parser.add_argument("--max-foreign", type=float, default=0.15,
                         help="cores other processes may use during a cell before it is measured again")
     parser.add_argument("--retries", type=int, default=4, help="re-measurements of a cell under foreign load")
-    parser.add_argument("--retry-budget", type=float, default=120.0,
+    parser.add_argument("--retry-budget", type=float, default=60.0,
                         help="seconds the throughput phase may spend re-measuring disturbed cells, in all")
     parser.add_argument("--access-log", choices=("file", "devnull"), default="file")
     parser.add_argument("--skip-throughput", action="store_true")
