@@ -73,7 +73,7 @@ async def _resolve(host: str, port: int, allow_private: bool) -> list[IPAddress]
             infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         except OSError as exc:
             raise _bad(f"Could not resolve the image URL's host {host!r}.") from exc
-        addresses = list(dict.fromkeys(ipaddress.ip_address(info[4][0].split("%", 1)[0]) for info in infos))
+        addresses = list(dict.fromkeys(ipaddress.ip_address(str(info[4][0]).split("%", 1)[0]) for info in infos))
         if not addresses:
             raise _bad(f"Could not resolve the image URL's host {host!r}.")
     if not allow_private:
@@ -110,9 +110,7 @@ async def _read_capped(resp: aiohttp.ClientResponse, max_bytes: int) -> bytes:
     return b"".join(parts)
 
 
-async def _connect(
-    session: aiohttp.ClientSession, url: URL, addresses: list[IPAddress]
-) -> aiohttp.ClientResponse:
+async def _connect(session: aiohttp.ClientSession, url: URL, addresses: list[IPAddress]) -> aiohttp.ClientResponse:
     """GET `url` from the first checked address that accepts a connection.
 
     The Host header and the TLS server name stay the URL's own, so virtual hosting and

@@ -95,7 +95,13 @@ class Forwarder:
             model = call.body.get("model")
             call.model = model if isinstance(model, str) else None
             call.stream = call.body.get("stream") is True
-        await self._authorize(runtime, call)
+        client = await self._authorize(runtime, call)
+        if call.model is None and client.models is not None:
+            # Model-less routes (files, batches, ...) would run on the gateway's own
+            # upstream credentials outside the key's model allow-list.
+            raise PermissionDenied(
+                f"The key '{client.name}' is limited to certain models and may not use /v1/{call.path}."
+            )
         targets = await runtime.chain.first("route", call=call)
         call.targets = [t for t in targets or () if t.provider.supports_passthrough]
         if not call.targets:

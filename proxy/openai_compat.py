@@ -82,13 +82,7 @@ class OpenAICompatibleProvider(Provider):
         super().__init__(name, options)
         self.base_url: str = options.url("base_url", self.default_base_url)
         self.api_key: str | None = options.secret("api_key")
-        self.extra_headers: dict[str, str] = options.str_map("headers", {})
-        organization = options.str("organization", None)
-        project = options.str("project", None)
-        if organization:
-            self.extra_headers["OpenAI-Organization"] = organization
-        if project:
-            self.extra_headers["OpenAI-Project"] = project
+        self.extra_headers: dict[str, str] = dict(options.str_map("headers", {}))
         #: Ask the upstream for the usage chunk on streams (for the log); off for servers
         #: that reject `stream_options`.
         self.stream_usage: bool = options.bool("stream_usage", True)
@@ -157,8 +151,7 @@ class OpenAICompatibleProvider(Provider):
             # The upstream rejected the gateway's own credentials: say so without echoing
             # anything (OpenAI quotes part of the key in its message).
             message = f"provider {self.name!r} rejected the gateway's credentials (upstream HTTP {status})"
-            etype, param = None, None
-            code = code or "upstream_auth_failed"
+            etype, param, code = None, None, "upstream_auth_failed"
         elif status == 429:
             retry = headers.get("retry-after")
             if retry:
@@ -216,10 +209,16 @@ class OpenAICompatibleProvider(Provider):
 
         headers.update(await self.auth_headers(target))
         resp = await self._request(call.method, url, body, headers)
-        if resp.status == 401 and await self.refresh_credentials():
-            resp.release()
-            headers.update(await self.auth_headers(target))
-            resp = await self._request(call.method, url, body, headers)
+        if resp.status == 401:
+            try:
+                retry = await self.refresh_credentials()
+            except BaseException:
+                resp.release()
+                raise
+            if retry:
+                resp.release()
+                headers.update(await self.auth_headers(target))
+                resp = await self._request(call.method, url, body, headers)
 
         if resp.status >= 400:
             try:

@@ -72,7 +72,7 @@ def make_plugin_manager(
 
 @dataclass(slots=True)
 class PluginInfo:
-    name: str
+    plugin: str
     distribution: str | None
     version: str | None
     hooks: list[str]
@@ -108,7 +108,7 @@ def describe(pm: PluginManager) -> list[PluginInfo]:
         hooks = sorted(h.name for h in pm.get_hookcallers(plugin) or ())
         infos.append(
             PluginInfo(
-                name=name,
+                plugin=name,
                 distribution=dist.metadata["Name"] if dist else None,
                 version=dist.version if dist else None,
                 hooks=hooks,

@@ -8,8 +8,6 @@ the requests that began on it have finished.
 
 from __future__ import annotations
 
-from typing import ClassVar
-
 import aiohttp
 
 from .errors import InvalidRequest
@@ -25,12 +23,13 @@ class Provider:
     `relaygate check` builds providers without starting them.
     """
 
+    # Class defaults; a provider may set them per instance (Azure's v1 mode passes through).
     #: Endpoints this provider serves; the router skips targets that cannot serve a call.
-    endpoints: ClassVar[frozenset[str]] = frozenset({CHAT, COMPLETIONS, EMBEDDINGS})
+    endpoints: frozenset[str] = frozenset({CHAT, COMPLETIONS, EMBEDDINGS})
     #: Whether arbitrary other `/v1/*` routes may be forwarded to it byte for byte.
-    supports_passthrough: ClassVar[bool] = False
+    supports_passthrough: bool = False
     #: Whether it can apply a route's `guardrail:`; `check` refuses such routes otherwise.
-    supports_guardrails: ClassVar[bool] = False
+    supports_guardrails: bool = False
 
     def __init__(self, name: str, options: Options) -> None:
         self.name = name
@@ -82,6 +81,9 @@ class Provider:
             connector=connector,
             timeout=timeout,
             auto_decompress=False,
+            # One session serves every client: an upstream's Set-Cookie must never be
+            # replayed on someone else's request.
+            cookie_jar=aiohttp.DummyCookieJar(),
             skip_auto_headers=("User-Agent",),
             **kwargs,  # type: ignore[arg-type]
         )

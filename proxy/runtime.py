@@ -47,8 +47,8 @@ class Runtime:
         started = []
         try:
             for provider in self.config.providers.values():
+                started.append(provider)  # close() even a half-started provider
                 await provider.start()
-                started.append(provider)
         except BaseException:
             for provider in reversed(started):
                 await provider.close()

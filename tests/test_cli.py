@@ -200,9 +200,9 @@ def test_default_applies_when_unset(tmp_path: Path) -> None:
 def test_plugins_json() -> None:
     result = run_cli("plugins")
     assert result.returncode == 0, result.stderr
-    plugins = {p["name"]: p for p in orjson.loads(result.stdout)}
+    plugins = {p["plugin"]: p for p in orjson.loads(result.stdout)}
     for entry in plugins.values():
-        assert set(entry) >= {"name", "distribution", "version", "hooks", "provider_types"}
+        assert set(entry) == {"plugin", "distribution", "version", "hooks", "provider_types"}
     for name, hook in (("auth", "authenticate"), ("routing", "route"), ("accesslog", "log_request"),
                        ("openai", "register_providers"), ("demo", "register_providers")):
         assert plugins[name]["distribution"] == "relaygate"

@@ -7,7 +7,7 @@ from urllib.parse import parse_qsl
 
 import orjson
 import pytest
-from core_helpers import access_records, config_yaml, raw, sse_data
+from core_helpers import LIMITED_KEY, access_records, config_yaml, raw, sse_data
 from fakes.openai_upstream import AUDIO_BYTES, FakeOpenAI
 from openapi_check import validate
 
@@ -113,6 +113,23 @@ def test_get_with_query_forwarded(gw: Gateway, upstream: FakeOpenAI) -> None:
     assert recorded.method == "GET"
     assert parse_qsl(recorded.query, strict_parsing=True) == parse_qsl(query, strict_parsing=True)
     assert recorded.body == b""
+
+
+def test_model_restricted_key_may_not_use_model_less_routes(gw: Gateway, upstream: FakeOpenAI) -> None:
+    """A key limited to some models must not reach files/batches on the gateway's credentials."""
+    resp = raw("GET", f"{gw.base_url}/files", key=LIMITED_KEY)
+    assert resp.status == 403
+    assert resp.json["error"]["type"] == "invalid_request_error"
+    validate("ErrorResponse", resp.json)
+    # With a model it is allowed inside, and refused outside, the key's globs.
+    allowed = raw("POST", f"{gw.base_url}/moderations", orjson.dumps({"model": "gpt-4o-mini", "input": "x"}),
+                  key=LIMITED_KEY)
+    assert allowed.status == 200, allowed.body
+    refused = raw("POST", f"{gw.base_url}/moderations", orjson.dumps({"model": "o3", "input": "x"}), key=LIMITED_KEY)
+    assert refused.status == 403
+    assert [r.path for r in upstream.requests] == ["/v1/moderations"]
+    # An unrestricted key still reaches them.
+    assert raw("GET", f"{gw.base_url}/files").status == 200
 
 
 def test_passthrough_without_passthrough_provider_is_404(upstream: FakeOpenAI,

@@ -6,11 +6,21 @@ from collections.abc import Callable
 
 from ..hookspecs import hookimpl
 from ..openai_compat import OpenAICompatibleProvider
+from ..options import Options
 from ..provider import Provider
 
 
 class OpenAIProvider(OpenAICompatibleProvider):
     default_base_url = "https://api.openai.com/v1"
+
+    def __init__(self, name: str, options: Options) -> None:
+        super().__init__(name, options)
+        organization = options.str("organization", None)
+        project = options.str("project", None)
+        if organization:
+            self.extra_headers["OpenAI-Organization"] = organization
+        if project:
+            self.extra_headers["OpenAI-Project"] = project
 
 
 @hookimpl

@@ -25,7 +25,7 @@ routes:
 
 def test_listed_by_relaygate_plugins() -> None:
     out = subprocess.run([sys.executable, "-m", "proxy", "plugins"], check=True, capture_output=True, text=True).stdout
-    echo = next(p for p in json.loads(out) if p["name"] == "echo")
+    echo = next(p for p in json.loads(out) if p["plugin"] == "echo")
     assert echo["distribution"] == "relaygate-echo"
     assert echo["provider_types"] == ["echo"]
     assert echo["hooks"] == ["register_providers", "rewrite_request"]

@@ -67,8 +67,8 @@ class AzureProvider(OpenAICompatibleProvider):
         if self.api_mode == "v1":
             # Azure's v1 API is OpenAI's own surface: other /v1/* routes can go through as they are.
             # Instance overrides of the class defaults (the core reads them per instance).
-            self.endpoints = frozenset({CHAT, COMPLETIONS, EMBEDDINGS, PASSTHROUGH})  # type: ignore[misc]
-            self.supports_passthrough = True  # type: ignore[misc]
+            self.endpoints = frozenset({CHAT, COMPLETIONS, EMBEDDINGS, PASSTHROUGH})
+            self.supports_passthrough = True
 
     # -------------------------------------------------------------- extension points
 

@@ -46,8 +46,6 @@ class VertexProvider(OpenAICompatibleProvider):
             raise options.error(
                 "api_key", "not used by type vertex: it authenticates with Google credentials (credentials_file or ADC)"
             )
-        # The base class turns `project` into an OpenAI-Project header; here it is the GCP project.
-        self.extra_headers = dict(options.str_map("headers", {}))
         self.project: str = options.str("project")
         self.location: str = options.str("location", "us-central1")
         for key, value in (("project", self.project), ("location", self.location)):
