@@ -109,17 +109,6 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 # ---------------------------------------------------------------- app
 
 
-def _only(method: str, handler: Handler) -> Handler:
-    """A handler for every method that answers 405 (OpenAI-shaped) for the wrong one."""
-
-    async def dispatch(request: web.Request) -> web.StreamResponse:
-        if request.method != method:
-            raise MethodNotAllowed(f"{request.method} is not allowed on {request.path}; use {method}.")
-        return await handler(request)
-
-    return dispatch
-
-
 async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"}, headers={"x-request-id": request_id_of(request)})
 
@@ -151,14 +140,14 @@ def create_app(
     r = app.router
     r.add_get("/healthz", healthz)
     for prefix in ("/v1", "/openai/v1"):
-        r.add_route("*", f"{prefix}/chat/completions", _only("POST", fwd.model_call(CHAT)))
-        r.add_route("*", f"{prefix}/completions", _only("POST", fwd.model_call(COMPLETIONS)))
-        r.add_route("*", f"{prefix}/embeddings", _only("POST", fwd.model_call(EMBEDDINGS)))
-        r.add_route("*", f"{prefix}/models", _only("GET", fwd.list_models))
-        r.add_route("*", f"{prefix}/models/{{model:.+}}", _only("GET", fwd.get_model))
+        r.add_route("*", f"{prefix}/chat/completions", fwd.model_call(CHAT))
+        r.add_route("*", f"{prefix}/completions", fwd.model_call(COMPLETIONS))
+        r.add_route("*", f"{prefix}/embeddings", fwd.model_call(EMBEDDINGS))
+        r.add_route("*", f"{prefix}/models", fwd.list_models)
+        r.add_route("*", f"{prefix}/models/{{model:.+}}", fwd.get_model)
     # Azure-style clients: the deployment in the path is the model name.
     for endpoint in (CHAT, COMPLETIONS, EMBEDDINGS):
-        r.add_route("*", f"/openai/deployments/{{deployment}}/{endpoint}", _only("POST", fwd.model_call(endpoint)))
-    r.add_route("*", "/openai/models", _only("GET", fwd.list_models))
+        r.add_route("*", f"/openai/deployments/{{deployment}}/{endpoint}", fwd.model_call(endpoint))
+    r.add_route("*", "/openai/models", fwd.list_models)
     r.add_route("*", "/v1/{tail:.*}", fwd.passthrough)
     return app

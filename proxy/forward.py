@@ -20,6 +20,7 @@ from .errors import (
     AuthenticationFailed,
     GatewayError,
     InvalidRequest,
+    MethodNotAllowed,
     ModelNotFound,
     NotFound,
     PermissionDenied,
@@ -46,11 +47,16 @@ class Forwarder:
 
     # -------------------------------------------------------------- handlers
 
-    def _handler(self, endpoint: str, work: Work) -> Handler:
-        """Wrap `work` with what every request gets: a runtime held to the end, one
-        `Call`, errors rendered as OpenAI JSON, and the `log_request` stage."""
+    def _handler(self, endpoint: str, work: Work, method: str | None = None) -> Handler:
+        """Wrap `work` with what every request gets: the method check, a runtime held to
+        the end, one `Call`, errors rendered as OpenAI JSON, and the `log_request` stage.
+
+        Registered for every method, so a wrong one gets OpenAI's 405 shape rather than
+        falling through to the pass-through route."""
 
         async def handle(request: web.Request) -> web.StreamResponse:
+            if method is not None and request.method != method:
+                raise MethodNotAllowed(f"{request.method} is not allowed on {request.path}; use {method}.")
             runtime = self.gateway.current
             runtime.enter()
             call = _new_call(request, runtime, endpoint)
@@ -84,7 +90,7 @@ class Forwarder:
             reply, first = await self._attempt(runtime, call)
             return await self._respond(request, call, reply, first)
 
-        return self._handler(endpoint, work)
+        return self._handler(endpoint, work, "POST")
 
     async def _passthrough(self, request: web.Request, runtime: Runtime, call: Call) -> web.StreamResponse:
         call.path = request.match_info["tail"]
@@ -129,11 +135,11 @@ class Forwarder:
 
     @property
     def list_models(self) -> Handler:
-        return self._handler(MODELS, self._list_models)
+        return self._handler(MODELS, self._list_models, "GET")
 
     @property
     def get_model(self) -> Handler:
-        return self._handler(MODELS, self._get_model)
+        return self._handler(MODELS, self._get_model, "GET")
 
     # -------------------------------------------------------------- stages
 

@@ -41,4 +41,5 @@ def log_request(call: Call) -> None:
         "fallbacks": call.fallbacks,
         "error": call.error,
     }
-    log.info(orjson.dumps(record).decode())
+    # makeRecord + handle skips logging's caller lookup (a stack walk per record).
+    log.handle(log.makeRecord(log.name, logging.INFO, __file__, 0, orjson.dumps(record).decode(), (), None))
