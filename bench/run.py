@@ -414,7 +414,7 @@ def versions() -> str:
 
 def plugins_loaded() -> str:
     out = subprocess.run([*relaygate_argv(), "plugins"], capture_output=True, timeout=30, check=True).stdout
-    return ", ".join(p["name"] for p in orjson.loads(out))
+    return ", ".join(p["plugin"] for p in orjson.loads(out))
 
 
 @contextlib.contextmanager
