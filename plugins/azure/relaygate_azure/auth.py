@@ -6,14 +6,13 @@ the contents of `ad_token_file` (kept fresh by something else: a sidecar, a cron
 Command and file tokens are fetched again before they expire: the expiry is taken from
 the command's JSON, else from the JWT's `exp` claim, else `ad_token_ttl` after the fetch.
 
-Fetching is blocking (a subprocess, a file read), so it runs in a worker thread, and it
-is single-flight: however many requests find the token stale at once, one fetch runs and
-the others wait for its result. Token values never appear in logs or errors.
+Fetching is blocking (a subprocess, a file read); `proxy.tokens.RefreshingToken` runs it
+in a worker thread, single-flight, with a short back-off after a failure. Token values
+never appear in logs or errors.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import binascii
 import json
@@ -21,32 +20,18 @@ import logging
 import shlex
 import subprocess
 import time
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from proxy.errors import UpstreamUnavailable
 from proxy.options import Options
+from proxy.tokens import RefreshingToken, Token, TokenFetchError
 
 log = logging.getLogger("relaygate.azure")
 
 DEFAULT_TTL = 3000.0  # Entra access tokens live 60-90 min; assume less when nothing says
 DEFAULT_MARGIN = 300.0
 DEFAULT_COMMAND_TIMEOUT = 60.0
-#: After a failed fetch, requests use what there is (or fail at once) for this long
-#: instead of each running the command again, so a route's fallbacks are quick.
-FAILURE_BACKOFF = 10.0
-
-
-class TokenFetchError(Exception):
-    """Why a token could not be fetched; the message never contains the token."""
-
-
-@dataclass(slots=True, frozen=True)
-class Token:
-    value: str
-    expires_at: float | None  # wall-clock seconds; None = unknown, never refreshed on time
 
 
 def jwt_expiry(token: str) -> float | None:
@@ -111,13 +96,10 @@ def parse_token_output(text: str, *, ttl: float, now: float | None = None) -> To
     return Token(value, expires if expires is not None else now + ttl)
 
 
-def _usable(token: Token) -> bool:
-    """Not expired yet (though perhaps inside the refresh margin)."""
-    return token.expires_at is None or time.time() < token.expires_at
+class EntraToken(RefreshingToken):
+    """One provider's Entra ID token, refreshed before it expires (see `proxy.tokens`)."""
 
-
-class EntraToken:
-    """One provider's Entra ID token, refreshed before it expires."""
+    what = "an Entra ID token"
 
     def __init__(
         self,
@@ -130,19 +112,12 @@ class EntraToken:
         margin: float = DEFAULT_MARGIN,
         timeout: float = DEFAULT_COMMAND_TIMEOUT,
     ) -> None:
-        self.provider = provider
+        static = Token(token, jwt_expiry(token)) if token is not None else None
+        super().__init__(provider=provider, margin=margin, static=static)
         self.command = command
         self.file = file
         self.ttl = ttl
-        self.margin = margin
         self.timeout = timeout
-        self.static = token is not None
-        self._current: Token | None = Token(token, jwt_expiry(token)) if token is not None else None
-        self._generation = 0
-        self._lock = asyncio.Lock()
-        self._failed_until = 0.0
-        #: How many fetches ran (tests and metrics; never the tokens themselves).
-        self.fetches = 0
 
     @classmethod
     def from_options(cls, provider: str, options: Options) -> EntraToken | None:
@@ -170,63 +145,9 @@ class EntraToken:
             return None
         return cls(provider=provider, token=token, command=command, file=file, ttl=ttl, margin=margin, timeout=timeout)
 
-    # -------------------------------------------------------------- use
-
-    def _fresh(self, token: Token | None) -> bool:
-        if token is None:
-            return False
-        if self.static or token.expires_at is None:
-            return True
-        return time.time() < token.expires_at - self.margin
-
-    async def token(self) -> str:
-        current = self._current
-        if current is not None and self._fresh(current):
-            return current.value
-        return await self._renew(self._generation, force=False)
-
-    async def refresh(self) -> bool:
-        """Fetch again after the upstream refused the token; True if there is a new one to retry with."""
-        if self.static:
-            return False
-        before = self._current.value if self._current is not None else None
-        return await self._renew(self._generation, force=True) != before
-
-    async def _renew(self, seen: int, *, force: bool) -> str:
-        async with self._lock:
-            current = self._current
-            if current is not None and self._generation != seen:
-                return current.value  # another request refreshed while this one waited
-            if not force and current is not None and self._fresh(current):
-                return current.value
-            if time.monotonic() < self._failed_until:  # the last fetch failed moments ago
-                if current is not None and _usable(current):
-                    return current.value
-                raise self._unavailable()
-            try:
-                token = await asyncio.to_thread(self._fetch)
-            except TokenFetchError as exc:
-                self._failed_until = time.monotonic() + FAILURE_BACKOFF
-                if current is not None and _usable(current):
-                    log.warning(
-                        "provider %s: Entra ID token refresh failed (%s); using the current token", self.provider, exc
-                    )
-                    return current.value
-                log.error("provider %s: cannot get an Entra ID token: %s", self.provider, exc)
-                raise self._unavailable() from exc
-            self._current = token
-            self._generation += 1
-            return token.value
-
-    def _unavailable(self) -> UpstreamUnavailable:
-        return UpstreamUnavailable(
-            f"provider {self.provider!r} could not obtain its Entra ID token", code="upstream_auth_unavailable"
-        )
-
     # -------------------------------------------------------------- blocking fetch (worker thread)
 
     def _fetch(self) -> Token:
-        self.fetches += 1
         if self.command is not None:
             text = self._run_command(self.command)
         elif self.file is not None:

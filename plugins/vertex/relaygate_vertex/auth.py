@@ -15,13 +15,10 @@ more when Vertex answers 401. Tokens never appear in logs or errors.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import json
 import logging
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import google.auth
@@ -29,7 +26,7 @@ from google.auth import exceptions as gexc
 from google.oauth2 import credentials as user_credentials
 from google.oauth2 import service_account
 
-from proxy.errors import UpstreamUnavailable
+from proxy.tokens import RefreshingToken, Token, TokenFetchError
 
 from .transport import UrllibRequest
 
@@ -37,15 +34,6 @@ log = logging.getLogger("relaygate.vertex")
 
 CLOUD_PLATFORM = "https://www.googleapis.com/auth/cloud-platform"
 DEFAULT_MARGIN = 300.0
-#: After a failure with no usable token, requests fail at once for this long instead of
-#: each waiting for another attempt (finding no ADC takes seconds), so fallbacks are quick.
-FAILURE_BACKOFF = 10.0
-
-
-@dataclass(slots=True, frozen=True)
-class AccessToken:
-    value: str
-    expires_at: float | None  # wall-clock seconds; None when google-auth does not say
 
 
 def _expiry(creds: Any) -> float | None:
@@ -77,13 +65,14 @@ def load_credentials_file(path: str, scopes: Sequence[str]) -> Any:
     )
 
 
-def _usable(token: AccessToken | None) -> bool:
-    """Not expired yet (though perhaps inside the refresh margin)."""
-    return token is not None and (token.expires_at is None or time.time() < token.expires_at)
+class GoogleToken(RefreshingToken):
+    """One provider's Google credentials and its current access token (see `proxy.tokens`).
 
+    After a failure with no usable token, requests fail at once for the back-off instead
+    of each waiting for another attempt (finding no ADC takes seconds).
+    """
 
-class GoogleToken:
-    """One provider's Google credentials and its current access token."""
+    what = "a Google access token"
 
     def __init__(
         self,
@@ -94,69 +83,13 @@ class GoogleToken:
         margin: float = DEFAULT_MARGIN,
         timeout: float = 30.0,
     ) -> None:
-        self.provider = provider
+        super().__init__(provider=provider, margin=margin)
         self.credentials_file = credentials_file
         self.scopes = list(scopes)
-        self.margin = margin
         self.transport = UrllibRequest(timeout)
-        self._credentials: Any = None  # touched only inside the single-flight refresh
-        self._current: AccessToken | None = None
-        self._generation = 0
-        self._lock = asyncio.Lock()
-        self._failed_until = 0.0
-        #: How many refreshes ran (tests and metrics; never the tokens themselves).
+        self._credentials: Any = None  # touched only inside the single-flight fetch
+        #: How many google-auth refreshes ran (loading credentials is not one).
         self.refreshes = 0
-
-    def _fresh(self, token: AccessToken | None) -> bool:
-        if token is None:
-            return False
-        return token.expires_at is None or time.time() < token.expires_at - self.margin
-
-    async def token(self) -> str:
-        current = self._current
-        if current is not None and self._fresh(current):
-            return current.value
-        return await self._renew(self._generation, force=False)
-
-    async def refresh(self) -> bool:
-        """Refresh after Vertex refused the token; True if there is a new one to retry with.
-
-        Raises like `token()` when there is no usable token at all.
-        """
-        before = self._current.value if self._current is not None else None
-        return await self._renew(self._generation, force=True) != before
-
-    async def _renew(self, seen: int, *, force: bool) -> str:
-        async with self._lock:
-            current = self._current
-            if current is not None and self._generation != seen:
-                return current.value  # refreshed while this request waited
-            if not force and current is not None and self._fresh(current):
-                return current.value
-            if time.monotonic() < self._failed_until:  # the last attempt failed moments ago
-                if current is not None and _usable(current):
-                    return current.value
-                raise self._unavailable()
-            try:
-                token = await asyncio.to_thread(self._refresh_blocking)
-            except (gexc.GoogleAuthError, ValueError, OSError) as exc:
-                reason = f"{type(exc).__name__}: {str(exc)[:300]}"
-                self._failed_until = time.monotonic() + FAILURE_BACKOFF
-                if current is not None and _usable(current):
-                    log.warning(
-                        "provider %s: token refresh failed (%s); using the current token", self.provider, reason
-                    )
-                    return current.value
-                log.error("provider %s: cannot get a Google access token: %s", self.provider, reason)
-                raise self._unavailable() from exc
-            self._current = token
-            self._generation += 1
-            return token.value
-
-    def _unavailable(self) -> UpstreamUnavailable:
-        return UpstreamUnavailable(
-            f"provider {self.provider!r} could not obtain a Google access token", code="upstream_auth_unavailable"
-        )
 
     # -------------------------------------------------------------- blocking (worker thread)
 
@@ -166,12 +99,15 @@ class GoogleToken:
             return creds
         return load_credentials_file(self.credentials_file, self.scopes)
 
-    def _refresh_blocking(self) -> AccessToken:
-        if self._credentials is None:
-            self._credentials = self._load()
-        self.refreshes += 1
-        self._credentials.refresh(self.transport)
+    def _fetch(self) -> Token:
+        try:
+            if self._credentials is None:
+                self._credentials = self._load()
+            self.refreshes += 1
+            self._credentials.refresh(self.transport)
+        except (gexc.GoogleAuthError, ValueError, OSError) as exc:
+            raise TokenFetchError(f"{type(exc).__name__}: {str(exc)[:300]}") from exc
         value = self._credentials.token
         if not isinstance(value, str) or not value:
-            raise gexc.RefreshError("the credentials produced no access token")
-        return AccessToken(value, _expiry(self._credentials))
+            raise TokenFetchError("the credentials produced no access token")
+        return Token(value, _expiry(self._credentials))

@@ -76,7 +76,7 @@ def test_a_401_that_refreshing_cannot_fix_is_an_authentication_error(google) -> 
         assert info.value.status_code == 401
         assert info.value.code == "upstream_auth_failed"
         validate_error(info.value.body if "error" in (info.value.body or {}) else {"error": info.value.body})
-        assert "token refresh failed" in gw.log_text
+        assert "refreshing a Google access token failed" in gw.log_text
         assert len(state.requests) == 2  # no retry with the same refused token
 
 
