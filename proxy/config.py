@@ -19,7 +19,7 @@ import yaml
 
 from .errors import ConfigError
 from .options import Locator, Options, format_path
-from .provider import Provider
+from .provider import Provider, ProviderRef, resolve_provider
 from .types import Guardrail
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -290,9 +290,7 @@ def _routes(raw: Any, root: Options, providers: Mapping[str, Provider], problems
     return tuple(routes)
 
 
-def _providers(
-    raw: Any, root: Options, types: Mapping[str, type[Provider]], problems: list[str]
-) -> dict[str, Provider]:
+def _providers(raw: Any, root: Options, types: Mapping[str, ProviderRef], problems: list[str]) -> dict[str, Provider]:
     if raw is None:
         return {}
     if not isinstance(raw, dict):
@@ -304,10 +302,14 @@ def _providers(
             if not isinstance(block, dict):
                 raise opts.error(None, "expected a mapping with a type")
             kind = opts.str("type")
-            cls = types.get(kind)
-            if cls is None:
+            ref = types.get(kind)
+            if ref is None:
                 known = ", ".join(sorted(types)) or "none"
                 raise opts.error("type", f"unknown provider type {kind!r} (registered: {known})")
+            try:
+                cls = resolve_provider(kind, ref)
+            except ConfigError as exc:
+                raise opts.error("type", exc.problems[0]) from exc
             provider = cls(str(name), opts)
             opts.check_unused()
             providers[str(name)] = provider
@@ -329,7 +331,7 @@ def plugin_selection(path: str | Path) -> tuple[tuple[str, ...], tuple[str, ...]
     return tuple(block), tuple(only) if only is not None else None
 
 
-def load_config(path: str | Path, provider_types: Mapping[str, type[Provider]]) -> Config:
+def load_config(path: str | Path, provider_types: Mapping[str, ProviderRef]) -> Config:
     data, locate = read_yaml(path)
     root = Options(data, (), locate)
     problems: list[str] = []

@@ -34,14 +34,16 @@ STAGES = ("authenticate", "route", "rewrite_request", "inject_guardrails", "log_
 
 
 @hookspec
-def register_providers(register: Callable[[str, type[Provider]], None]) -> None:
+def register_providers(register: Callable[[str, type[Provider] | str], None]) -> None:
     """Register provider types.
 
     Called by the core once per plugin manager (startup, `check`, reload), synchronously,
     before the config's `providers:` blocks are built.
 
     :param register: ``register("bedrock", BedrockProvider)`` makes ``type: bedrock``
-        available in YAML. Registering a type twice is a startup error.
+        available in YAML. A ``"module:Class"`` string instead of the class defers the
+        import until a config uses the type (for providers with heavy SDKs). Registering
+        a type twice is a startup error.
     :return: nothing.
     """
 

@@ -20,7 +20,7 @@ import pluggy
 
 from . import hookspecs
 from .errors import ConfigError
-from .provider import Provider
+from .provider import Provider, ProviderRef
 
 ENTRY_POINT_GROUP = "relaygate.plugins"
 TRACE_ENV = "RELAYGATE_TRACE_HOOKS"
@@ -79,15 +79,18 @@ class PluginInfo:
     provider_types: list[str] = field(default_factory=list)
 
 
-def provider_types(pm: pluggy.PluginManager) -> tuple[dict[str, type[Provider]], dict[str, str]]:
-    """Collect every registered provider type, and which plugin registered it."""
-    types: dict[str, type[Provider]] = {}
+def provider_types(pm: pluggy.PluginManager) -> tuple[dict[str, ProviderRef], dict[str, str]]:
+    """Collect every registered provider type (class or lazy reference), and its plugin."""
+    types: dict[str, ProviderRef] = {}
     owners: dict[str, str] = {}
     for impl in pm.hook.register_providers.get_hookimpls():
 
-        def register(kind: str, cls: type[Provider], _plugin: str = impl.plugin_name) -> None:
-            if not (isinstance(cls, type) and issubclass(cls, Provider)):
-                raise ConfigError(f"plugin {_plugin!r} registered {kind!r} with a class that is not a Provider")
+        def register(kind: str, cls: ProviderRef, _plugin: str = impl.plugin_name) -> None:
+            lazy = isinstance(cls, str) and ":" in cls
+            if not lazy and not (isinstance(cls, type) and issubclass(cls, Provider)):
+                raise ConfigError(
+                    f"plugin {_plugin!r} registered {kind!r} with {cls!r}: expected a Provider class or 'module:Class'"
+                )
             if kind in types:
                 raise ConfigError(f"provider type {kind!r} is registered twice (by {owners[kind]!r} and {_plugin!r})")
             types[kind] = cls

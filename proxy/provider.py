@@ -8,11 +8,31 @@ the requests that began on it have finished.
 
 from __future__ import annotations
 
+import importlib
+
 import aiohttp
 
-from .errors import InvalidRequest
+from .errors import ConfigError, InvalidRequest
 from .options import Options
 from .types import CHAT, COMPLETIONS, EMBEDDINGS, Call, ModelInfo, Reply, Target
+
+#: What `register` takes: the class, or "module:Class" to import only when a config uses
+#: the type (so a plugin with a heavy SDK costs nothing where it is not configured).
+ProviderRef = type["Provider"] | str
+
+
+def resolve_provider(kind: str, ref: ProviderRef) -> type[Provider]:
+    """The class behind a registered reference, imported on first use."""
+    cls: object = ref
+    if isinstance(ref, str):
+        module_name, _, attr = ref.partition(":")
+        try:
+            cls = getattr(importlib.import_module(module_name), attr)
+        except (ImportError, AttributeError) as exc:
+            raise ConfigError(f"provider type {kind!r}: cannot import {ref!r}: {exc}") from exc
+    if not (isinstance(cls, type) and issubclass(cls, Provider)):
+        raise ConfigError(f"provider type {kind!r} is registered with {ref!r}, which is not a Provider class")
+    return cls
 
 
 class Provider:

@@ -9,13 +9,13 @@ from proxy.provider import Provider
 from proxy.types import Call, Target
 
 from .openai_endpoint import BedrockOpenAIProvider
-from .provider import BedrockProvider
 from .request_map import GUARDRAIL_FIELD
 
 
 @hookimpl
-def register_providers(register: Callable[[str, type[Provider]], None]) -> None:
-    register("bedrock", BedrockProvider)
+def register_providers(register: Callable[[str, type[Provider] | str], None]) -> None:
+    # `type: bedrock` by reference: aiobotocore is imported only where a config uses it.
+    register("bedrock", "relaygate_bedrock.provider:BedrockProvider")
     register("bedrock-openai", BedrockOpenAIProvider)
 
 

@@ -7,9 +7,8 @@ from collections.abc import Callable
 from proxy.hookspecs import hookimpl
 from proxy.provider import Provider
 
-from .provider import VertexProvider
-
 
 @hookimpl
-def register_providers(register: Callable[[str, type[Provider]], None]) -> None:
-    register("vertex", VertexProvider)
+def register_providers(register: Callable[[str, type[Provider] | str], None]) -> None:
+    # By reference: google-auth is imported only where a config uses `type: vertex`.
+    register("vertex", "relaygate_vertex.provider:VertexProvider")
