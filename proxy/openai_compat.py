@@ -76,6 +76,7 @@ class OpenAICompatibleProvider(Provider):
 
     endpoints = frozenset({CHAT, COMPLETIONS, EMBEDDINGS, PASSTHROUGH})
     supports_passthrough = True
+    uses_session = True
     default_base_url: str | None = None
 
     def __init__(self, name: str, options: Options) -> None:
@@ -87,26 +88,9 @@ class OpenAICompatibleProvider(Provider):
         #: that reject `stream_options`.
         self.stream_usage: bool = options.bool("stream_usage", True)
         self.models_ttl: float = options.number("models_ttl", _MODELS_TTL)
-        self._session: aiohttp.ClientSession | None = None
         self._models: list[ModelInfo] | None = None
         self._models_at = -1e9
         self._models_lock = asyncio.Lock()
-
-    # -------------------------------------------------------------- lifecycle
-
-    async def start(self) -> None:
-        self._session = self.new_session()
-
-    async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-
-    @property
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            raise UpstreamUnavailable(f"provider {self.name!r} is not started")
-        return self._session
 
     # -------------------------------------------------------------- extension points
 

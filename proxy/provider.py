@@ -12,7 +12,7 @@ import importlib
 
 import aiohttp
 
-from .errors import ConfigError, InvalidRequest
+from .errors import ConfigError, InvalidRequest, UpstreamUnavailable
 from .options import Options
 from .types import CHAT, COMPLETIONS, EMBEDDINGS, Call, ModelInfo, Reply, Target
 
@@ -50,6 +50,9 @@ class Provider:
     supports_passthrough: bool = False
     #: Whether it can apply a route's `guardrail:`; `check` refuses such routes otherwise.
     supports_guardrails: bool = False
+    #: Whether `start` opens one pooled `self.session` for this upstream.
+    uses_session: bool = False
+    _session: aiohttp.ClientSession | None = None
 
     def __init__(self, name: str, options: Options) -> None:
         self.name = name
@@ -67,10 +70,26 @@ class Provider:
         return {}
 
     async def start(self) -> None:
-        """Open connection pools and credential objects (once, with the app)."""
+        """Open connection pools and credential objects (once, with the app).
+
+        The base opens the provider's one pooled upstream session when `uses_session`
+        is set; subclasses that open more call `super().start()` too.
+        """
+        if self.uses_session:
+            self._session = self.new_session()
 
     async def close(self) -> None:
         """Release everything `start` opened."""
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        """The pooled upstream session (`uses_session`), open between start and close."""
+        if self._session is None:
+            raise UpstreamUnavailable(f"provider {self.name!r} is not started")
+        return self._session
 
     async def list_models(self) -> list[ModelInfo] | None:
         """The upstream models, or None when this provider cannot list them.

@@ -11,7 +11,7 @@ import asyncio
 import base64
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import aiohttp
@@ -43,6 +43,7 @@ _EVENTSTREAM = "application/vnd.amazon.eventstream"
 class BedrockProvider(Provider):
     endpoints = frozenset({CHAT, EMBEDDINGS})
     supports_guardrails = True
+    uses_session = True
 
     def __init__(self, name: str, options: Options) -> None:
         super().__init__(name, options)
@@ -63,7 +64,6 @@ class BedrockProvider(Provider):
         self.image_allow_private: bool = fetch.bool("allow_private", False)
         fetch.check_unused()
         self.models = ModelCache(name, options.number("models_ttl", 600.0))
-        self._session: aiohttp.ClientSession | None = None
         self._control: Any = None
         self._control_lock = asyncio.Lock()
         self._stack = contextlib.AsyncExitStack()
@@ -72,20 +72,12 @@ class BedrockProvider(Provider):
 
     async def start(self) -> None:
         await self.aws.start()
-        self._session = self.new_session()
+        await super().start()
 
     async def close(self) -> None:
         await self._stack.aclose()
         self._control = None
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
-
-    @property
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None:
-            raise UpstreamUnavailable(f"provider {self.name!r} is not started")
-        return self._session
+        await super().close()
 
     async def _control_client(self) -> Any:
         """The control-plane client, made on first use: it costs start-up time most never need."""
@@ -167,14 +159,17 @@ class BedrockProvider(Provider):
             resp = await self._post(target.model, "converse-stream", payload, _EVENTSTREAM)
             mapper = ChatStreamMapper(target.model, call.include_usage)
             return Reply(stream=self._relay(call, resp, mapper), content_type="text/event-stream")
-        data = await self._post_json(target.model, "converse", payload)
-        out, call.usage = chat_completion(data, target.model)
+        answer = await self._post_json(target.model, "converse", payload)
+        out, call.usage = chat_completion(answer, target.model)
         return Reply(body=out)
 
     async def _fill_images(self, holes: list[tuple[dict[str, Any], str]]) -> None:
         async def one(block: dict[str, Any], url: str) -> None:
             data, media_type = await fetch_image(
-                self.session, url, max_bytes=self.image_max_bytes, timeout=self.image_timeout,
+                self.session,
+                url,
+                max_bytes=self.image_max_bytes,
+                timeout=self.image_timeout,
                 allow_private=self.image_allow_private,
             )
             block["format"] = media_type[6:]
@@ -182,7 +177,9 @@ class BedrockProvider(Provider):
 
         await asyncio.gather(*(one(block, url) for block, url in holes))
 
-    async def _relay(self, call: Call, resp: aiohttp.ClientResponse, mapper: ChatStreamMapper) -> AsyncIterator[bytes]:
+    async def _relay(
+        self, call: Call, resp: aiohttp.ClientResponse, mapper: ChatStreamMapper
+    ) -> AsyncGenerator[bytes, None]:
         """Decode frames as bytes arrive; an exception frame becomes a raised domain error.
 
         Nothing is yielded before the first real event, so an error frame that comes
