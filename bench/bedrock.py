@@ -1,7 +1,7 @@
 """CPU cost of the Bedrock Converse path, beside OpenAI pass-through.
 
-    python plugins/bedrock/bench_converse.py                # micro + end to end, ~1 minute
-    python plugins/bedrock/bench_converse.py --micro-only
+    python bench/bedrock.py                # micro + end to end, ~1 minute
+    python bench/bedrock.py --micro-only
 
 1. Micro (in process): per request, OpenAI body → Converse body → orjson → SigV4 signature
    → Converse answer → OpenAI body; per streamed event, frame decode → chunk bytes. Also
@@ -31,8 +31,8 @@ from typing import Any
 import orjson
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parents[1]
-BENCH = ROOT / "bench"
+ROOT = HERE.parent
+BENCH = HERE
 HOST = "127.0.0.1"
 CLIENT_KEY = "sk-client-bench-0123456789"
 MODEL = "us.anthropic.claude-3-7-sonnet-20250219-v1:0"
