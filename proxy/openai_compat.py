@@ -21,9 +21,6 @@ from multidict import CIMultiDict
 
 from .errors import (
     GatewayError,
-    UpstreamError,
-    UpstreamTimeout,
-    UpstreamUnavailable,
     error_for_status,
 )
 from .options import Options
@@ -205,13 +202,7 @@ class OpenAICompatibleProvider(Provider):
                 resp = await self._request(call.method, url, body, headers)
 
         if resp.status >= 400:
-            try:
-                data = await resp.read()
-            except (aiohttp.ClientError, asyncio.TimeoutError):
-                data = b""
-            finally:
-                resp.release()
-            raise self.error_for(resp.status, data, resp.headers)
+            raise self.error_for(resp.status, await self.error_body(resp), resp.headers)
 
         content_type = resp.headers.get("Content-Type", "application/json")
         if call.endpoint == PASSTHROUGH and not content_type.startswith("application/json"):
@@ -226,7 +217,7 @@ class OpenAICompatibleProvider(Provider):
             data = await resp.read()
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             resp.close()
-            raise self._transport_error(exc) from exc
+            raise self.transport_error(exc) from exc
         resp.release()
         if call.endpoint != PASSTHROUGH:
             call.usage = self._usage_of(data)
@@ -238,14 +229,7 @@ class OpenAICompatibleProvider(Provider):
         try:
             return await self.session.request(method, url, data=body, headers=headers, allow_redirects=False)
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            raise self._transport_error(exc) from exc
-
-    def _transport_error(self, exc: BaseException) -> GatewayError:
-        if isinstance(exc, asyncio.TimeoutError):
-            return UpstreamTimeout(f"provider {self.name!r} timed out")
-        if isinstance(exc, aiohttp.ClientConnectorError):
-            return UpstreamUnavailable(f"cannot connect to provider {self.name!r}")
-        return UpstreamError(f"provider {self.name!r} failed: {type(exc).__name__}")
+            raise self.transport_error(exc) from exc
 
     @staticmethod
     def _usage_of(data: bytes) -> Usage | None:
@@ -264,7 +248,7 @@ class OpenAICompatibleProvider(Provider):
                 yield data
             ok = True
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            raise self._transport_error(exc) from exc
+            raise self.transport_error(exc) from exc
         finally:
             resp.release() if ok else resp.close()
 
@@ -285,7 +269,7 @@ class OpenAICompatibleProvider(Provider):
                     yield block
             ok = True
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            raise self._transport_error(exc) from exc
+            raise self.transport_error(exc) from exc
         finally:
             resp.release() if ok else resp.close()
 

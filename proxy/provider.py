@@ -8,11 +8,19 @@ the requests that began on it have finished.
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 
 import aiohttp
 
-from .errors import ConfigError, InvalidRequest, UpstreamUnavailable
+from .errors import (
+    ConfigError,
+    GatewayError,
+    InvalidRequest,
+    UpstreamError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
 from .options import Options
 from .types import CHAT, COMPLETIONS, EMBEDDINGS, Call, ModelInfo, Reply, Target
 
@@ -107,6 +115,24 @@ class Provider:
         raise InvalidRequest(f"provider {self.name!r} does not serve {call.endpoint}")
 
     # -------------------------------------------------------------- helpers
+
+    def transport_error(self, exc: BaseException) -> GatewayError:
+        """The domain error for a failure to talk to the upstream at all (all retryable)."""
+        if isinstance(exc, asyncio.TimeoutError):
+            return UpstreamTimeout(f"provider {self.name!r} timed out")
+        if isinstance(exc, aiohttp.ClientConnectorError):
+            return UpstreamUnavailable(f"cannot connect to provider {self.name!r}")
+        return UpstreamError(f"provider {self.name!r} failed: {type(exc).__name__}")
+
+    @staticmethod
+    async def error_body(resp: aiohttp.ClientResponse) -> bytes:
+        """An upstream error response's body (empty if it cannot be read); frees the connection."""
+        try:
+            return await resp.read()
+        except (aiohttp.ClientError, asyncio.TimeoutError):
+            return b""
+        finally:
+            resp.release()
 
     def new_session(self, **kwargs: object) -> aiohttp.ClientSession:
         """One pooled session per upstream, with stream-safe timeouts.

@@ -19,7 +19,7 @@ import orjson
 from aiobotocore.config import AioConfig
 from yarl import URL
 
-from proxy.errors import GatewayError, InvalidRequest, UpstreamError, UpstreamTimeout, UpstreamUnavailable
+from proxy.errors import InvalidRequest, UpstreamError
 from proxy.fetch import DEFAULT_MAX_BYTES, DEFAULT_TIMEOUT, fetch_image
 from proxy.options import Options
 from proxy.provider import Provider
@@ -105,15 +105,9 @@ class BedrockProvider(Provider):
         try:
             resp = await self.session.post(URL(url, encoded=True), data=body, headers=headers, allow_redirects=False)
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            raise self._transport_error(exc) from exc
+            raise self.transport_error(exc) from exc
         if resp.status >= 400:
-            try:
-                data = await resp.read()
-            except (aiohttp.ClientError, asyncio.TimeoutError):
-                data = b""
-            finally:
-                resp.release()
-            raise error_from_response(self.name, resp.status, data, resp.headers)
+            raise error_from_response(self.name, resp.status, await self.error_body(resp), resp.headers)
         return resp
 
     async def _post_json(self, model: str, operation: str, body: bytes) -> dict[str, Any]:
@@ -122,7 +116,7 @@ class BedrockProvider(Provider):
             data = await resp.read()
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
             resp.close()
-            raise self._transport_error(exc) from exc
+            raise self.transport_error(exc) from exc
         resp.release()
         try:
             parsed = orjson.loads(data)
@@ -131,13 +125,6 @@ class BedrockProvider(Provider):
         if not isinstance(parsed, dict):
             raise UpstreamError(f"provider {self.name!r}: Bedrock sent an unexpected body")
         return parsed
-
-    def _transport_error(self, exc: BaseException) -> GatewayError:
-        if isinstance(exc, asyncio.TimeoutError):
-            return UpstreamTimeout(f"provider {self.name!r} timed out")
-        if isinstance(exc, aiohttp.ClientConnectorError):
-            return UpstreamUnavailable(f"cannot connect to provider {self.name!r}")
-        return UpstreamError(f"provider {self.name!r} failed: {type(exc).__name__}")
 
     # -------------------------------------------------------------- sending
 
@@ -211,7 +198,7 @@ class BedrockProvider(Provider):
             ok = True
             yield DONE
         except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            raise self._transport_error(exc) from exc
+            raise self.transport_error(exc) from exc
         except (EventStreamError, orjson.JSONDecodeError) as exc:
             raise UpstreamError(f"provider {self.name!r}: Bedrock sent a malformed event stream") from exc
         finally:
