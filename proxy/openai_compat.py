@@ -213,12 +213,7 @@ class OpenAICompatibleProvider(Provider):
                 stream=self._relay_events(call, target, resp),
                 content_type="text/event-stream",
             )
-        try:
-            data = await resp.read()
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            resp.close()
-            raise self.transport_error(exc) from exc
-        resp.release()
+        data = await self.read_body(resp)
         if call.endpoint != PASSTHROUGH:
             call.usage = self._usage_of(data)
         return Reply(resp.status, body=data, content_type=content_type)

@@ -124,6 +124,16 @@ class Provider:
             return UpstreamUnavailable(f"cannot connect to provider {self.name!r}")
         return UpstreamError(f"provider {self.name!r} failed: {type(exc).__name__}")
 
+    async def read_body(self, resp: aiohttp.ClientResponse) -> bytes:
+        """A successful upstream response's whole body; frees the connection either way."""
+        try:
+            data = await resp.read()
+        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            resp.close()  # half-read: the connection cannot be reused
+            raise self.transport_error(exc) from exc
+        resp.release()
+        return data
+
     @staticmethod
     async def error_body(resp: aiohttp.ClientResponse) -> bytes:
         """An upstream error response's body (empty if it cannot be read); frees the connection."""

@@ -112,12 +112,7 @@ class BedrockProvider(Provider):
 
     async def _post_json(self, model: str, operation: str, body: bytes) -> dict[str, Any]:
         resp = await self._post(model, operation, body, _JSON)
-        try:
-            data = await resp.read()
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-            resp.close()
-            raise self.transport_error(exc) from exc
-        resp.release()
+        data = await self.read_body(resp)
         try:
             parsed = orjson.loads(data)
         except orjson.JSONDecodeError as exc:
