@@ -93,7 +93,10 @@ class Forwarder:
         return self._handler(endpoint, work, "POST")
 
     async def _passthrough(self, request: web.Request, runtime: Runtime, call: Call) -> web.StreamResponse:
-        call.path = request.match_info["tail"]
+        if any(seg in (".", "..") for seg in request.match_info["tail"].split("/")):
+            # The upstream would resolve them, and the call could leave its /v1 base URL.
+            raise NotFound(f"Invalid URL ({request.method} {request.path})", code="unknown_url")
+        call.path = request.rel_url.raw_path[4:]  # after "/v1/", percent-encoded as the client sent it
         if request.method not in ("GET", "HEAD", "DELETE"):
             call.raw_body = await read_body(request, runtime.config.server.max_body_size)
         if call.raw_body[:1] == b"{" and request.content_type == "application/json":

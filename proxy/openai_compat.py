@@ -15,16 +15,16 @@ import logging
 from collections.abc import AsyncGenerator, Callable, Mapping
 from typing import Any
 
-import aiohttp
 import orjson
-from multidict import CIMultiDict
 
+from . import http1
 from .errors import (
     GatewayError,
+    InvalidRequest,
     error_for_status,
 )
 from .options import Options
-from .provider import Provider
+from .provider import TRANSPORT_ERRORS, Provider
 from .sse import complete_events, split_events
 from .types import CHAT, COMPLETIONS, EMBEDDINGS, PASSTHROUGH, Call, ModelInfo, Reply, Target, Usage
 
@@ -32,11 +32,24 @@ log = logging.getLogger("relaygate.upstream")
 
 #: Client headers worth forwarding on pass-through; everything else (credentials,
 #: cookies, hop-by-hop, host) stays at the gateway.
-FORWARDED_HEADERS = ("content-type", "accept", "openai-beta", "idempotency-key")
+FORWARDED_HEADERS = ("Content-Type", "Accept", "OpenAI-Beta", "Idempotency-Key")
+_FORWARDED = tuple((name.lower(), name) for name in FORWARDED_HEADERS)
 _USAGE_MARKERS = (b'"usage":{', b'"usage": {')
 _MODELS_TTL = 300.0
 
 StreamFilter = Callable[[bytes], bytes]
+
+
+#: Outgoing headers: lower-cased name -> (name as written, value). Names merge
+#: case-insensitively, as HTTP wants, and go out spelled as their source spelled them.
+Headers = dict[str, tuple[str, str]]
+
+
+def merge_headers(headers: Headers, more: Mapping[str, str]) -> Headers:
+    """Add `more` to `headers`, replacing any header of the same name in any case."""
+    for name, value in more.items():
+        headers[name.lower()] = (name, value)
+    return headers
 
 
 def parse_usage(usage: Any) -> Usage | None:
@@ -73,7 +86,7 @@ class OpenAICompatibleProvider(Provider):
 
     endpoints = frozenset({CHAT, COMPLETIONS, EMBEDDINGS, PASSTHROUGH})
     supports_passthrough = True
-    uses_session = True
+    uses_http = True
     default_base_url: str | None = None
 
     def __init__(self, name: str, options: Options) -> None:
@@ -88,6 +101,12 @@ class OpenAICompatibleProvider(Provider):
         self._models: list[ModelInfo] | None = None
         self._models_at = -1e9
         self._models_lock = asyncio.Lock()
+        self._static_headers: Headers = {}
+
+    async def start(self) -> None:
+        await super().start()
+        # Subclasses may add to extra_headers in __init__, so they are folded in here.
+        self._static_headers = merge_headers({"accept-encoding": ("Accept-Encoding", "identity")}, self.extra_headers)
 
     # -------------------------------------------------------------- extension points
 
@@ -156,13 +175,14 @@ class OpenAICompatibleProvider(Provider):
 
     async def _fetch_models(self) -> list[ModelInfo]:
         try:
-            headers = {**self.extra_headers, **await self.auth_headers(None)}
-            async with self.session.get(f"{self.base_url}/models", headers=headers) as resp:
-                if resp.status != 200:
-                    log.warning("provider %s: model listing answered HTTP %s", self.name, resp.status)
-                    return []
-                data = orjson.loads(await resp.read())
-        except (aiohttp.ClientError, asyncio.TimeoutError, orjson.JSONDecodeError, GatewayError) as exc:
+            headers = merge_headers(self._static_headers.copy(), await self.auth_headers(None))
+            resp = await self._request("GET", f"{self.base_url}/models", None, headers)
+            if resp.status != 200:
+                resp.close()
+                log.warning("provider %s: model listing answered HTTP %s", self.name, resp.status)
+                return []
+            data = orjson.loads(await self.read_body(resp))
+        except (orjson.JSONDecodeError, GatewayError) as exc:
             log.warning("provider %s: model listing failed: %s", self.name, type(exc).__name__)
             return []
         items = data.get("data") if isinstance(data, dict) else None
@@ -175,36 +195,38 @@ class OpenAICompatibleProvider(Provider):
     # -------------------------------------------------------------- sending
 
     async def send(self, call: Call, target: Target) -> Reply:
-        headers = CIMultiDict(self.extra_headers)
-        for name in FORWARDED_HEADERS:
-            value = call.headers.get(name)
+        headers = self._static_headers.copy()
+        client_headers = call.headers
+        for key, name in _FORWARDED:
+            value = client_headers.get(key)
             if value is not None:
-                headers[name] = value
-        headers["Accept-Encoding"] = "identity"
+                headers[key] = (name, value)
         if call.endpoint != PASSTHROUGH:
-            headers["Content-Type"] = "application/json"
-        headers.update(call.upstream_headers)
-        headers.update(target.headers)
-        body = await self.body_for(call, target) if call.method != "GET" else None
+            headers["content-type"] = ("Content-Type", "application/json")
+        if call.upstream_headers:
+            merge_headers(headers, call.upstream_headers)
+        if target.headers:
+            merge_headers(headers, target.headers)
+        body = await self.body_for(call, target) if call.method not in ("GET", "HEAD") else None
         url = self.url_for(call, target)
 
-        headers.update(await self.auth_headers(target))
+        merge_headers(headers, await self.auth_headers(target))
         resp = await self._request(call.method, url, body, headers)
         if resp.status == 401:
             try:
                 retry = await self.refresh_credentials()
             except BaseException:
-                resp.release()
+                resp.close()
                 raise
             if retry:
-                resp.release()
-                headers.update(await self.auth_headers(target))
+                resp.close()
+                merge_headers(headers, await self.auth_headers(target))
                 resp = await self._request(call.method, url, body, headers)
 
         if resp.status >= 400:
             raise self.error_for(resp.status, await self.error_body(resp), resp.headers)
 
-        content_type = resp.headers.get("Content-Type", "application/json")
+        content_type = resp.headers.get("content-type", "application/json")
         if call.endpoint == PASSTHROUGH and not content_type.startswith("application/json"):
             return Reply(resp.status, stream=self._relay_raw(resp), content_type=content_type)
         if call.stream and content_type.startswith("text/event-stream"):
@@ -218,12 +240,12 @@ class OpenAICompatibleProvider(Provider):
             call.usage = self._usage_of(data)
         return Reply(resp.status, body=data, content_type=content_type)
 
-    async def _request(
-        self, method: str, url: str, body: bytes | None, headers: CIMultiDict[str]
-    ) -> aiohttp.ClientResponse:
+    async def _request(self, method: str, url: str, body: bytes | None, headers: Headers) -> http1.Response:
         try:
-            return await self.session.request(method, url, data=body, headers=headers, allow_redirects=False)
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            return await self.http.request(method, url, headers.values(), body)
+        except ValueError as exc:  # a header or path the HTTP/1.1 framing cannot carry
+            raise InvalidRequest(f"The request cannot be forwarded: {exc}.") from None
+        except TRANSPORT_ERRORS as exc:
             raise self.transport_error(exc) from exc
 
     @staticmethod
@@ -236,26 +258,26 @@ class OpenAICompatibleProvider(Provider):
             return None
         return parse_usage(parsed.get("usage")) if isinstance(parsed, dict) else None
 
-    async def _relay_raw(self, resp: aiohttp.ClientResponse) -> AsyncGenerator[bytes, None]:
+    async def _relay_raw(self, resp: http1.Response) -> AsyncGenerator[bytes, None]:
         ok = False
         try:
-            async for data in resp.content.iter_any():
+            async for data in resp.iter_chunks():
                 yield data
             ok = True
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except TRANSPORT_ERRORS as exc:
             raise self.transport_error(exc) from exc
         finally:
             resp.release() if ok else resp.close()
 
     async def _relay_events(
-        self, call: Call, target: Target, resp: aiohttp.ClientResponse
+        self, call: Call, target: Target, resp: http1.Response
     ) -> AsyncGenerator[bytes, None]:
         """Relay SSE bytes; only the rare block holding a usage object is parsed."""
         want_usage = call.include_usage
         transform = self.stream_filter(call, target)
         ok = False
         try:
-            async for block in complete_events(resp.content.iter_any()):
+            async for block in complete_events(resp.iter_chunks()):
                 if _USAGE_MARKERS[0] in block or _USAGE_MARKERS[1] in block:
                     block = self._take_usage(call, block, want_usage)
                 if transform is not None:
@@ -263,7 +285,7 @@ class OpenAICompatibleProvider(Provider):
                 if block:
                     yield block
             ok = True
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except TRANSPORT_ERRORS as exc:
             raise self.transport_error(exc) from exc
         finally:
             resp.release() if ok else resp.close()

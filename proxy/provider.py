@@ -13,6 +13,7 @@ import importlib
 
 import aiohttp
 
+from . import http1
 from .errors import (
     ConfigError,
     GatewayError,
@@ -23,6 +24,12 @@ from .errors import (
 )
 from .options import Options
 from .types import CHAT, COMPLETIONS, EMBEDDINGS, Call, ModelInfo, Reply, Target
+
+#: What a failed upstream exchange raises, from either client.
+TRANSPORT_ERRORS = (aiohttp.ClientError, http1.HTTPClientError, asyncio.TimeoutError)
+
+#: Either client's response: `read()`, then `release()` (reusable) or `close()`.
+UpstreamResponse = aiohttp.ClientResponse | http1.Response
 
 #: What `register` takes: the class, or "module:Class" to import only when a config uses
 #: the type (so a plugin with a heavy SDK costs nothing where it is not configured).
@@ -58,9 +65,12 @@ class Provider:
     supports_passthrough: bool = False
     #: Whether it can apply a route's `guardrail:`; `check` refuses such routes otherwise.
     supports_guardrails: bool = False
-    #: Whether `start` opens one pooled `self.session` for this upstream.
+    #: Whether `start` opens one pooled aiohttp `self.session` for this upstream.
     uses_session: bool = False
+    #: Whether `start` opens `self.http`, the lean keep-alive client of the hot path.
+    uses_http: bool = False
     _session: aiohttp.ClientSession | None = None
+    _http: http1.HTTPClient | None = None
 
     def __init__(self, name: str, options: Options) -> None:
         self.name = name
@@ -80,17 +90,29 @@ class Provider:
     async def start(self) -> None:
         """Open connection pools and credential objects (once, with the app).
 
-        The base opens the provider's one pooled upstream session when `uses_session`
-        is set; subclasses that open more call `super().start()` too.
+        The base opens the provider's pooled upstream client(s) as `uses_http` and
+        `uses_session` ask; subclasses that open more call `super().start()` too.
         """
+        if self.uses_http:
+            self._http = self.new_http_client()
         if self.uses_session:
             self._session = self.new_session()
 
     async def close(self) -> None:
         """Release everything `start` opened."""
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+    @property
+    def http(self) -> http1.HTTPClient:
+        """The pooled keep-alive client (`uses_http`), open between start and close."""
+        if self._http is None:
+            raise UpstreamUnavailable(f"provider {self.name!r} is not started")
+        return self._http
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -120,29 +142,42 @@ class Provider:
         """The domain error for a failure to talk to the upstream at all (all retryable)."""
         if isinstance(exc, asyncio.TimeoutError):
             return UpstreamTimeout(f"provider {self.name!r} timed out")
-        if isinstance(exc, aiohttp.ClientConnectorError):
+        if isinstance(exc, (aiohttp.ClientConnectorError, http1.ConnectFailed)):
             return UpstreamUnavailable(f"cannot connect to provider {self.name!r}")
         return UpstreamError(f"provider {self.name!r} failed: {type(exc).__name__}")
 
-    async def read_body(self, resp: aiohttp.ClientResponse) -> bytes:
+    async def read_body(self, resp: UpstreamResponse) -> bytes:
         """A successful upstream response's whole body; frees the connection either way."""
         try:
             data = await resp.read()
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except TRANSPORT_ERRORS as exc:
             resp.close()  # half-read: the connection cannot be reused
             raise self.transport_error(exc) from exc
+        except BaseException:  # cancelled: the client left
+            resp.close()
+            raise
         resp.release()
         return data
 
     @staticmethod
-    async def error_body(resp: aiohttp.ClientResponse) -> bytes:
+    async def error_body(resp: UpstreamResponse) -> bytes:
         """An upstream error response's body (empty if it cannot be read); frees the connection."""
         try:
-            return await resp.read()
-        except (aiohttp.ClientError, asyncio.TimeoutError):
+            data = await resp.read()
+        except TRANSPORT_ERRORS:
+            resp.close()
             return b""
-        finally:
-            resp.release()
+        except BaseException:
+            resp.close()
+            raise
+        resp.release()
+        return data
+
+    def new_http_client(self) -> http1.HTTPClient:
+        """The lean keep-alive client with this provider's limits and timeouts."""
+        return http1.HTTPClient(
+            limit=self.max_connections, connect_timeout=self.connect_timeout, read_timeout=self.read_timeout
+        )
 
     def new_session(self, **kwargs: object) -> aiohttp.ClientSession:
         """One pooled session per upstream, with stream-safe timeouts.

@@ -159,3 +159,25 @@ def test_multipart_upload_forwarded_byte_for_byte(gw: Gateway, upstream: FakeOpe
     assert resp.json == {"text": f"whisper-1 heard {len(audio)} bytes"}
     recorded = upstream.last("/v1/audio/transcriptions")
     assert recorded.body == body and recorded.headers["Content-Type"] == content_type
+
+
+def test_path_forwarded_as_the_client_encoded_it(gw: Gateway, upstream: FakeOpenAI) -> None:
+    resp = raw("GET", f"{gw.base_url}/files/file-a%2Fb%20c")
+    assert resp.status == 200, resp.body
+    assert resp.json["id"] == "file-a/b c"
+    assert upstream.last().raw_path == "/v1/files/file-a%2Fb%20c"
+    deleted = raw("DELETE", f"{gw.base_url}/files/file-x")
+    assert deleted.status == 200, deleted.body
+    assert deleted.json == {"id": "file-x", "object": "file", "deleted": True}
+    assert upstream.last().method == "DELETE"
+
+
+@pytest.mark.parametrize("path", ["/v1/../admin", "/v1/files/../../admin", "/v1/./files", "/v1/files/%2e%2e/x",
+                                  "/v1/files/a%2F..%2F..%2Fadmin"])
+def test_dot_segments_never_leave_the_base_url(path: str, gw: Gateway, upstream: FakeOpenAI) -> None:
+    """An upstream would resolve `..` against the provider's base URL and escape /v1."""
+    resp = raw("GET", gw.url + path)
+    assert resp.status == 404, resp.body
+    assert resp.json["error"]["code"] == "unknown_url"
+    validate("ErrorResponse", resp.json)
+    assert upstream.requests == []

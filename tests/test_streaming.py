@@ -113,6 +113,21 @@ def test_client_giving_up_before_headers_cancels_upstream(gw: Gateway, upstream:
     assert upstream.disconnects == ["gpt-4o"]
 
 
+def test_clients_giving_up_never_use_up_the_connection_pool(upstream: FakeOpenAI,
+                                                            make_gateway: Callable[..., Gateway]) -> None:
+    """Each abandoned call must give its upstream connection back, or a small pool runs dry."""
+    one = f"  one: {{type: openai, base_url: {upstream.url}/v1, api_key: \"${{UPSTREAM_KEY}}\", max_connections: 1}}\n"
+    gw = make_gateway(config_yaml(upstream.url, extra_providers=one, routes="  - {model: \"*\", to: one}\n"))
+    upstream.on("slow", Behaviour(delay=10))
+    for _ in range(3):
+        with openai.OpenAI(base_url=gw.base_url, api_key=CLIENT_KEY, max_retries=0, timeout=0.3) as impatient, \
+                pytest.raises(openai.APITimeoutError):
+            impatient.chat.completions.create(model="slow", messages=CHAT)
+    with openai.OpenAI(base_url=gw.base_url, api_key=CLIENT_KEY, max_retries=0, timeout=5) as patient:
+        out = patient.chat.completions.create(model="gpt-4o", messages=CHAT)
+    assert out.choices[0].message.content
+
+
 def test_stream_dying_before_first_chunk_is_a_plain_error(gw: Gateway, upstream: FakeOpenAI) -> None:
     """Nothing reached the client yet: a JSON error with a real status, not a 200 and an error event."""
     upstream.on("gpt-4o", Behaviour(fail_after_chunks=0))

@@ -43,6 +43,7 @@ class Recorded:
     query: str  # as sent, still percent-encoded
     headers: CIMultiDict[str]
     body: bytes
+    raw_path: str = ""  # as sent, still percent-encoded
 
     @property
     def json(self) -> Any:
@@ -166,13 +167,16 @@ class FakeOpenAI:
         r.add_post("/v1/audio/speech", self._speech)
         r.add_post("/v1/audio/transcriptions", self._transcriptions)
         r.add_get("/v1/files", self._files)
+        r.add_get("/v1/files/{file_id}", self._file)
+        r.add_delete("/v1/files/{file_id}", self._file)
         return app
 
     @web.middleware
     async def _record_and_auth(self, request: web.Request, handler: Callable[..., Any]) -> web.StreamResponse:
         body = await request.read()
         self.requests.append(
-            Recorded(request.method, request.path, request.rel_url.raw_query_string, CIMultiDict(request.headers), body)
+            Recorded(request.method, request.path, request.rel_url.raw_query_string, CIMultiDict(request.headers), body,
+                     request.rel_url.raw_path)
         )
         auth = request.headers.get("Authorization", "")
         if auth != f"Bearer {self.api_key}":
@@ -484,6 +488,14 @@ class FakeOpenAI:
     async def _files(self, request: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": [], "has_more": False,
                                   "query": dict(request.query)})
+
+
+    async def _file(self, request: web.Request) -> web.Response:
+        file_id = request.match_info["file_id"]
+        if request.method == "DELETE":
+            return web.json_response({"id": file_id, "object": "file", "deleted": True})
+        return web.json_response({"id": file_id, "object": "file", "bytes": 3, "created_at": 1700000000,
+                                  "filename": "a.jsonl", "purpose": "batch", "status": "processed"})
 
 
 def request_key(body: dict[str, Any]) -> bytes:

@@ -1,0 +1,527 @@
+"""A lean HTTP/1.1 keep-alive client for the forwarding hot path.
+
+Why not `aiohttp.ClientSession`: on a loopback benchmark its request path (URL objects,
+header multidicts, cookie filtering, tracing signals, a timer re-armed on every read)
+costs more CPU than the rest of the gateway together, so a gateway built on it cannot
+match a bare forwarder built on it. This client writes each request as one buffer,
+parses the answer with llhttp (through `httptools`, the parser uvicorn uses) and keeps
+one pool of connections per upstream origin.
+
+What it does, and no more: keep-alive pooling with a connection limit, `Content-Length`,
+chunked and close-delimited bodies, TLS with the system's trust store and SNI, a connect
+timeout, a read timeout measured while the caller waits for the upstream, backpressure
+on streamed bodies, and no connection reuse after anything went wrong. It never follows
+redirects, never decompresses (the gateway sends `Accept-Encoding: identity`), and, like
+the gateway's aiohttp sessions, ignores `HTTP(S)_PROXY`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections import deque
+from collections.abc import AsyncGenerator, Iterable
+from urllib.parse import urlsplit
+
+import httptools
+
+#: Methods that may be sent again on a fresh connection when a reused one turns out to
+#: have been closed by the server before it answered (RFC 9110 §9.2.2).
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "DELETE", "PUT"})
+
+_HIGH_WATER = 1 << 20  # buffered body bytes at which the socket stops being read
+_LOW_WATER = 1 << 18
+_IDLE_TIMEOUT = 15.0  # seconds an idle connection may be reused (aiohttp's default keep-alive)
+
+
+class HTTPClientError(Exception):
+    """The upstream could not be talked to, or broke the protocol."""
+
+
+class ConnectFailed(HTTPClientError):
+    """No connection could be opened (refused, unreachable, DNS, TLS handshake)."""
+
+
+class ConnectionClosed(HTTPClientError):
+    """The upstream closed the connection before the response was complete."""
+
+
+class ProtocolError(HTTPClientError):
+    """The upstream's bytes were not a valid HTTP/1.1 response."""
+
+
+class ReadTimeout(HTTPClientError, TimeoutError):
+    """The upstream sent nothing for `read_timeout` seconds while we waited for it."""
+
+
+class ConnectTimeout(ConnectFailed, TimeoutError):
+    """The connection was not established within `connect_timeout` seconds."""
+
+
+_default_ssl: ssl.SSLContext | None = None
+
+
+def default_ssl_context() -> ssl.SSLContext:
+    """One verifying context for every pool (loading the trust store costs milliseconds)."""
+    global _default_ssl
+    if _default_ssl is None:
+        _default_ssl = ssl.create_default_context()
+        _default_ssl.set_alpn_protocols(["http/1.1"])
+    return _default_ssl
+
+
+class Response:
+    """An upstream response: status and headers now, the body as it arrives.
+
+    `headers` maps lower-cased names to values (repeated headers joined with ", ").
+    The owner must end every response with `release()` (the body was read to the end:
+    the connection goes back to the pool) or `close()` (anything else).
+    """
+
+    __slots__ = (
+        "_buffered",
+        "_chunks",
+        "_complete",
+        "_conn",
+        "_done",
+        "_eof_ends",
+        "_error",
+        "_got_bytes",
+        "_interim",
+        "_keep_alive",
+        "_raw_headers",
+        "_waiter",
+        "headers",
+        "status",
+    )
+
+    def __init__(self, conn: _Connection) -> None:
+        self.status = 0
+        self.headers: dict[str, str] = {}
+        self._conn = conn
+        self._raw_headers: list[tuple[bytes, bytes]] = []
+        self._chunks: deque[bytes] = deque()
+        self._buffered = 0
+        self._complete = False
+        self._error: BaseException | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._keep_alive = False
+        self._eof_ends = False
+        self._got_bytes = False
+        self._done = False
+        self._interim = False
+
+    # ---------------------------------------------------------------- consumer side
+
+    async def read(self) -> bytes:
+        """The whole body.
+
+        What has arrived is taken out of the buffer as it comes: the whole body is kept
+        anyway, and a body over `_HIGH_WATER` would otherwise pause the socket for good.
+        """
+        chunks = self._chunks
+        parts: list[bytes] = []
+        while True:
+            parts.extend(chunks)
+            chunks.clear()
+            self._buffered = 0
+            if self._complete:
+                return parts[0] if len(parts) == 1 else b"".join(parts)
+            self._conn.resume()
+            await self._wait()
+
+    async def iter_chunks(self) -> AsyncGenerator[bytes, None]:
+        """The body in the pieces it arrives in (coalesced when the reader fell behind)."""
+        chunks = self._chunks
+        while True:
+            if chunks:
+                data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
+                chunks.clear()
+                self._buffered = 0
+                self._conn.resume()
+                yield data
+            elif self._complete:
+                return
+            else:
+                await self._wait()
+
+    def release(self) -> None:
+        """Done with a fully read response: its connection may serve the next request."""
+        if self._done:
+            return
+        self._done = True
+        if self._complete and self._keep_alive and self._error is None and not self._chunks:
+            self._conn.pool._put(self._conn)
+        else:
+            self._conn.abort()
+
+    def close(self) -> None:
+        """Done early (error, cancel, client gone): the connection is not reused."""
+        if not self._done:
+            self._done = True
+            self._conn.abort()
+
+    async def _wait(self) -> None:
+        if self._error is not None:
+            raise self._error
+        conn = self._conn
+        waiter = self._waiter = conn.loop.create_future()
+        timer = conn.loop.call_later(conn.pool.read_timeout, self._timed_out, waiter)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+            self._waiter = None
+
+    def _timed_out(self, waiter: asyncio.Future[None]) -> None:
+        if not waiter.done():
+            self._fail(ReadTimeout(f"no data from {self._conn.pool.origin} for {self._conn.pool.read_timeout:g} s"))
+            self._conn.abort()
+
+    # ---------------------------------------------------------------- producer side
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _fail(self, exc: BaseException) -> None:
+        if self._error is None and not self._complete:
+            self._error = exc
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(self._error or exc)
+
+
+class _Connection(asyncio.Protocol):
+    """One socket to the upstream; the llhttp parser calls the `on_*` methods back."""
+
+    def __init__(self, pool: Pool, loop: asyncio.AbstractEventLoop) -> None:
+        self.pool = pool
+        self.loop = loop
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.response: Response | None = None
+        self.head_only = False
+        self.closed = False
+        self.paused = False
+        self.idle_since = 0.0
+        self.uses = 0
+
+    # ---------------------------------------------------------------- asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        resp = self.response
+        if resp is None:  # bytes nobody asked for: the connection is not sane any more
+            self.abort()
+            return
+        resp._got_bytes = True
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            resp._fail(ProtocolError(f"invalid HTTP response from {self.pool.origin}: {exc}"))
+            self.abort()
+
+    def eof_received(self) -> bool:
+        return False  # let the transport close; connection_lost settles the response
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.pool._lost(self)
+        resp = self.response
+        if resp is None or resp._complete:
+            return
+        if resp._eof_ends and resp.status and exc is None:
+            resp._complete = True  # a body delimited by the connection closing (cleanly, not reset)
+            resp._wake()
+            return
+        what = "while sending the response" if resp.status else "before answering"
+        resp._fail(ConnectionClosed(f"{self.pool.origin} closed the connection {what}"))
+
+    def pause_writing(self) -> None:
+        pass  # requests are written in one piece and are small; nothing to throttle
+
+    def resume_writing(self) -> None:
+        pass
+
+    # ---------------------------------------------------------------- parser callbacks
+
+    def on_message_begin(self) -> None:
+        resp = self.response
+        if resp is not None and resp._complete:
+            # A second answer to one request: stop parsing (data_received drops the
+            # connection) so it neither overwrites this response nor desyncs the next.
+            raise ProtocolError("the upstream sent more than one response")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.response._raw_headers.append((name, value))  # type: ignore[union-attr]
+
+    def on_headers_complete(self) -> None:
+        resp = self.response
+        assert resp is not None
+        parser = self.parser
+        status = parser.get_status_code()
+        if status < 200:  # 103 Early Hints and the like: the real answer follows
+            resp._raw_headers = []
+            resp._interim = True
+            return
+        resp.status = status
+        resp._keep_alive = parser.should_keep_alive()
+        headers = resp.headers
+        framed = False
+        for raw_name, raw_value in resp._raw_headers:
+            name = raw_name.decode("latin-1").lower()
+            value = raw_value.decode("latin-1")
+            if name in ("content-length", "transfer-encoding"):
+                framed = True
+            if name in headers:
+                headers[name] = f"{headers[name]}, {value}"
+            else:
+                headers[name] = value
+        resp._raw_headers = []
+        resp._eof_ends = not framed and status >= 200 and status not in (204, 304)
+        if self.head_only:  # a HEAD answer has no body whatever its headers say
+            resp._complete = True
+            resp._keep_alive = False
+        resp._wake()
+
+    def on_body(self, body: bytes) -> None:
+        resp = self.response
+        assert resp is not None
+        if resp._complete:
+            return
+        resp._chunks.append(body)
+        resp._buffered += len(body)
+        if resp._buffered > _HIGH_WATER and not self.paused and self.transport is not None:
+            self.paused = True
+            self.transport.pause_reading()
+        resp._wake()
+
+    def on_message_complete(self) -> None:
+        resp = self.response
+        assert resp is not None
+        if resp._interim:
+            resp._interim = False
+            return
+        resp._complete = True
+        resp._wake()
+
+    # ---------------------------------------------------------------- helpers
+
+    def resume(self) -> None:
+        if self.paused and self.transport is not None:
+            self.paused = False
+            self.transport.resume_reading()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+        # connection_lost follows from the loop; mark now so nobody reuses it meanwhile
+        if not self.closed:
+            self.closed = True
+            self.pool._lost(self)
+
+
+class Pool:
+    """Keep-alive connections to one origin (`scheme://host[:port]`), at most `limit` open."""
+
+    def __init__(
+        self,
+        origin: str,
+        *,
+        limit: int = 256,
+        connect_timeout: float = 10.0,
+        read_timeout: float = 600.0,
+        idle_timeout: float = _IDLE_TIMEOUT,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        parts = urlsplit(origin)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"not an http(s) origin: {origin!r}")
+        self.origin = origin
+        self.host = parts.hostname
+        self.tls = parts.scheme == "https"
+        self.port = parts.port or (443 if self.tls else 80)
+        default_port = 443 if self.tls else 80
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        self.host_header = host if self.port == default_port else f"{host}:{self.port}"
+        self.limit = limit
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self.idle_timeout = idle_timeout
+        self.ssl_context = (ssl_context or default_ssl_context()) if self.tls else None
+        self._idle: deque[_Connection] = deque()
+        self._open = 0  # connections alive or being opened
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._closed = False
+
+    async def request(
+        self, method: str, target: str, headers: Iterable[tuple[str, str]], body: bytes | None = None
+    ) -> Response:
+        """Send one request; returns once the response's status and headers are in.
+
+        `target` is the path and query. `Host` and `Content-Length` are added here.
+        Raises `HTTPClientError` (or `ReadTimeout`/`ConnectTimeout`, both `TimeoutError`).
+        """
+        head = _head(method, target, self.host_header, headers, body)
+        small = body is None or len(body) <= 65536
+        payload = (head + body if body else head) if small else b""
+        while True:
+            conn = await self._acquire()
+            reused = conn.uses > 0
+            resp = Response(conn)
+            conn.response = resp
+            conn.head_only = method == "HEAD"
+            conn.uses += 1
+            transport = conn.transport
+            if conn.closed or transport is None or transport.is_closing():
+                conn.abort()
+                if reused:
+                    continue  # closed by the server while idle; nothing was sent
+                raise ConnectionClosed(f"{self.origin} closed the connection at once")
+            if small:
+                transport.write(payload)
+            else:
+                transport.writelines((head, body))  # type: ignore[arg-type]
+            try:
+                while not resp.status:
+                    await resp._wait()
+            except ConnectionClosed:
+                if reused and not resp._got_bytes and method in IDEMPOTENT:
+                    continue  # the server had closed the idle connection: try a fresh one
+                raise
+            except BaseException:
+                resp.close()
+                raise
+            return resp
+
+    async def close(self) -> None:
+        """Close idle connections now; busy ones close when their response ends."""
+        self._closed = True
+        while self._idle:
+            self._idle.pop().abort()
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_exception(ConnectFailed(f"the pool for {self.origin} is closed"))
+
+    # ---------------------------------------------------------------- pool internals
+
+    async def _acquire(self) -> _Connection:
+        loop = asyncio.get_running_loop()
+        while True:
+            if self._closed:
+                raise ConnectFailed(f"the pool for {self.origin} is closed")
+            idle = self._idle
+            while idle:
+                conn = idle.pop()
+                if conn.closed:
+                    continue
+                if loop.time() - conn.idle_since > self.idle_timeout:
+                    conn.abort()
+                    continue
+                return conn
+            if self._open < self.limit:
+                return await self._connect(loop)
+            waiter = loop.create_future()
+            self._waiters.append(waiter)
+            try:
+                await waiter
+            except BaseException:
+                if waiter.done() and not waiter.cancelled():
+                    self._wake_one()  # woken, but leaving (cancelled): the free slot goes to the next
+                raise
+            finally:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+
+    async def _connect(self, loop: asyncio.AbstractEventLoop) -> _Connection:
+        self._open += 1
+        conn = _Connection(self, loop)
+        try:
+            async with asyncio.timeout(self.connect_timeout):
+                await loop.create_connection(
+                    lambda: conn, self.host, self.port,
+                    ssl=self.ssl_context, server_hostname=self.host if self.tls else None,
+                )
+        except BaseException as exc:
+            # Counted off here, so the `connection_lost` of a transport that was made and
+            # then closed (cancelled or timed out just after `connection_made`) must not be.
+            conn.closed = True
+            self._open -= 1
+            self._wake_one()
+            if conn.transport is not None:
+                conn.transport.abort()
+            if isinstance(exc, TimeoutError):
+                raise ConnectTimeout(f"connecting to {self.origin} took over {self.connect_timeout:g} s") from exc
+            if isinstance(exc, (OSError, ssl.SSLError)):
+                raise ConnectFailed(f"cannot connect to {self.origin}: {exc.__class__.__name__}") from exc
+            raise
+        return conn
+
+    def _put(self, conn: _Connection) -> None:
+        conn.response = None
+        if conn.closed or self._closed:
+            conn.abort()
+            return
+        conn.idle_since = conn.loop.time()
+        self._idle.append(conn)
+        # Drop connections that idled too long, oldest first, while we are here.
+        idle = self._idle
+        while idle and (idle[0].closed or conn.idle_since - idle[0].idle_since > self.idle_timeout):
+            idle.popleft().abort()
+        self._wake_one()
+
+    def _lost(self, conn: _Connection) -> None:
+        self._open -= 1
+        self._wake_one()
+
+    def _wake_one(self) -> None:
+        waiters = self._waiters
+        while waiters:
+            waiter = waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+
+
+class HTTPClient:
+    """One `Pool` per origin, so a provider whose URLs span hosts still pools per upstream."""
+
+    def __init__(self, **pool_options: object) -> None:
+        self._pool_options = pool_options
+        self._pools: dict[str, Pool] = {}
+
+    async def request(
+        self, method: str, url: str, headers: Iterable[tuple[str, str]], body: bytes | None = None
+    ) -> Response:
+        slash = url.find("/", url.find("//") + 2)
+        origin, target = (url, "/") if slash < 0 else (url[:slash], url[slash:])
+        pool = self._pools.get(origin)
+        if pool is None:
+            pool = self._pools[origin] = Pool(origin, **self._pool_options)  # type: ignore[arg-type]
+        return await pool.request(method, target, headers, body)
+
+    async def close(self) -> None:
+        for pool in self._pools.values():
+            await pool.close()
+        self._pools.clear()
+
+
+def _head(method: str, target: str, host: str, headers: Iterable[tuple[str, str]], body: bytes | None) -> bytes:
+    if " " in target or "\n" in target or "\r" in target:
+        raise ValueError("the request target holds whitespace")
+    lines = [f"{method} {target} HTTP/1.1\r\nHost: {host}\r\n"]
+    for name, value in headers:
+        if "\n" in value or "\r" in value or "\n" in name or "\r" in name:
+            raise ValueError(f"header {name!r} holds a line break")
+        lines.append(f"{name}: {value}\r\n")
+    if body is not None:
+        lines.append(f"Content-Length: {len(body)}\r\n")
+    lines.append("\r\n")
+    # aiohttp's server decodes header bytes as UTF-8 with surrogateescape: this restores them.
+    return "".join(lines).encode("utf-8", "surrogateescape")
