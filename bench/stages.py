@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from mock_upstream import COMPLETION
 from run import CLIENT_KEY, chat_body, gateway_config
 
+from proxy.builtin.accesslog import LineWriter
 from proxy.openai_compat import OpenAICompatibleProvider
 from proxy.request import check_body, parse_json
 from proxy.runtime import Runtime, load_runtime
@@ -56,14 +57,14 @@ async def one_batch(runtime: Runtime, n: int) -> dict[str, float]:
         call.body = parse_json(raw)
         call.model, call.stream = check_body(CHAT, call.body)
         t = add("parse + check body", t)
-        call.client = await chain.first("authenticate", call=call)
+        call.client = await chain.first("authenticate", call)
         t = add("authenticate", t)
-        call.targets = await chain.first("route", call=call)
+        call.targets = await chain.first("route", call)
         t = add("route", t)
-        await chain.each("rewrite_request", call=call)
+        await chain.each("rewrite_request", call)
         t = add("rewrite_request", t)
         target = call.target = call.targets[0]
-        await chain.each("inject_guardrails", call=call, target=target)
+        await chain.each("inject_guardrails", call, target)
         t = add("inject_guardrails", t)
         provider = target.provider
         assert isinstance(provider, OpenAICompatibleProvider)
@@ -73,46 +74,24 @@ async def one_batch(runtime: Runtime, n: int) -> dict[str, float]:
         t = add("usage parse of the answer", t)
         call.status, call.first_byte = 200, time.perf_counter()
         t = time.perf_counter()
-        await chain.each("log_request", call=call)
+        await chain.each("log_request", call)
         add("log_request", t)
     return spent
 
 
-class DirectAccessLog:
-    """Stands in for the `relaygate.access` logger: the line goes straight to a buffered binary file.
-
-    What `--direct-access-log` measures: the suggested replacement for `logging.info`.
-    """
-
-    def __init__(self, path: Path) -> None:
-        self.out = open(path, "wb", buffering=1 << 16)  # noqa: SIM115 - lives as long as the process
-
-    def isEnabledFor(self, level: int) -> bool:
-        return True
-
-    def info(self, msg: str) -> None:
-        self.out.write(msg.encode() + b"\n")
-
-
-def setup_access_log(workdir: Path, direct: bool) -> None:
-    if direct:
-        import proxy.builtin.accesslog as accesslog
-
-        accesslog.log = DirectAccessLog(workdir / "access.log")  # type: ignore[assignment]
-        return
+def setup_access_log(workdir: Path) -> None:
+    """As `relaygate serve` sets it up, but to a file instead of stdout."""
     access = logging.getLogger("relaygate.access")
-    stream = open(workdir / "access.log", "w")  # noqa: SIM115 - lives as long as the process
-    handler = logging.StreamHandler(stream)  # as `relaygate serve` sets it up, but to a file
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    access.addHandler(handler)
+    stream = open(workdir / "access.log", "wb")  # noqa: SIM115 - lives as long as the process
+    access.addHandler(LineWriter(stream))
     access.propagate = False
     access.setLevel(logging.INFO)
 
 
-async def main_async(requests: int, direct_log: bool) -> None:
+async def main_async(requests: int) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="relaygate-stages-"))
     runtime = load_runtime(gateway_config(workdir, 9))  # never started: nothing is sent
-    setup_access_log(workdir, direct_log)
+    setup_access_log(workdir)
     print("hook implementations per stage:", {k: len(v) for k, v in runtime.chain.stages.items()})
     await one_batch(runtime, 2000)  # warm-up
     best: dict[str, float] = {}
@@ -128,10 +107,8 @@ async def main_async(requests: int, direct_log: bool) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description="Time the gateway's own per-request stages.")
     parser.add_argument("--requests", type=int, default=20000, help="requests per batch")
-    parser.add_argument("--direct-access-log", action="store_true",
-                        help="replace logging.info in the access log by a buffered binary write (the suggestion)")
     args = parser.parse_args()
-    asyncio.run(main_async(args.requests, args.direct_access_log))
+    asyncio.run(main_async(args.requests))
 
 
 if __name__ == "__main__":

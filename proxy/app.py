@@ -1,8 +1,9 @@
-"""The aiohttp application: routes, error middleware, lifecycle and reload.
+"""The aiohttp application: routes, lifecycle and reload.
 
 Handlers stay thin: they build a `Call`, run it through the pre-resolved chain
-(`proxy.forward`) and write what comes back. Every failure becomes OpenAI error JSON
-in one place, `error_middleware`.
+(`proxy.forward`) and write what comes back; `Forwarder` turns every failure into
+OpenAI error JSON. There is no middleware: a catch-all route answers unknown paths in
+the same shape, and the hot path saves aiohttp's middleware frames.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from .errors import ConfigError, GatewayError, MethodNotAllowed, NotFound
+from .errors import ConfigError, MethodNotAllowed, NotFound
 from .forward import Forwarder
 from .responses import error_response, request_id_of
 from .runtime import Runtime, load_runtime
@@ -81,36 +82,19 @@ class Gateway:
 GATEWAY = web.AppKey("gateway", Gateway)
 
 
-# ---------------------------------------------------------------- middleware
-
-
-@web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except GatewayError as exc:
-        return error_response(exc, request_id_of(request))
-    except web.HTTPException as exc:  # the router's own 404/405, aiohttp's 413
-        if exc.status == 405:
-            err: GatewayError = MethodNotAllowed(f"{request.method} is not allowed on {request.path}.")
-        elif exc.status == 404:
-            err = NotFound(f"Invalid URL ({request.method} {request.path})", code="unknown_url")
-        else:
-            err = GatewayError(exc.reason, status=exc.status, error_type="invalid_request_error")
-        return error_response(err, request_id_of(request))
-    except (asyncio.CancelledError, ConnectionResetError):
-        raise
-    except Exception:
-        log.exception("unhandled error on %s %s", request.method, request.path)
-        err = GatewayError("The gateway failed to process the request.", code="internal_error")
-        return error_response(err, request_id_of(request))
-
-
 # ---------------------------------------------------------------- app
 
 
 async def healthz(request: web.Request) -> web.Response:
+    if request.method not in ("GET", "HEAD"):
+        err = MethodNotAllowed(f"{request.method} is not allowed on {request.path}; use GET.")
+        return error_response(err, request_id_of(request))
     return web.json_response({"status": "ok"}, headers={"x-request-id": request_id_of(request)})
+
+
+async def not_found(request: web.Request) -> web.Response:
+    err = NotFound(f"Invalid URL ({request.method} {request.path})", code="unknown_url")
+    return error_response(err, request_id_of(request))
 
 
 def create_app(
@@ -121,7 +105,7 @@ def create_app(
     handle_sighup: bool = False,
 ) -> web.Application:
     """The gateway app. `runtime` is a pre-loaded config (the CLI validates before binding)."""
-    app = web.Application(middlewares=[error_middleware], client_max_size=1 << 40)
+    app = web.Application(client_max_size=1 << 40)  # the body limit is checked per route, from config
     gateway = Gateway(config_path, extra_plugins)
     app[GATEWAY] = gateway
     fwd = Forwarder(gateway)
@@ -138,7 +122,7 @@ def create_app(
 
     app.cleanup_ctx.append(lifecycle)
     r = app.router
-    r.add_get("/healthz", healthz)
+    r.add_route("*", "/healthz", healthz)
     for prefix in ("/v1", "/openai/v1"):
         r.add_route("*", f"{prefix}/chat/completions", fwd.model_call(CHAT))
         r.add_route("*", f"{prefix}/completions", fwd.model_call(COMPLETIONS))
@@ -150,4 +134,5 @@ def create_app(
         r.add_route("*", f"/openai/deployments/{{deployment}}/{endpoint}", fwd.model_call(endpoint))
     r.add_route("*", "/openai/models", fwd.list_models)
     r.add_route("*", "/v1/{tail:.*}", fwd.passthrough)
+    r.add_route("*", "/{tail:.*}", not_found)
     return app

@@ -12,48 +12,15 @@ import signal
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict
-from typing import IO
 
 import orjson
 
+from .builtin.accesslog import LineWriter
 from .errors import ConfigError
 from .plugins import describe, make_plugin_manager
 from .runtime import Runtime, load_runtime
 
 log = logging.getLogger("relaygate")
-
-
-class LineWriter(logging.Handler):
-    """Writes each record's message as one line, flushing once per event-loop turn.
-
-    A flush (a write syscall) per access record would cost more than the record;
-    lines written in the same loop iteration leave together, within milliseconds.
-    """
-
-    def __init__(self, stream: IO[bytes]) -> None:
-        super().__init__()
-        self.stream = stream
-        self._flush_scheduled = False
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            self.stream.write(record.getMessage().encode() + b"\n")
-            if self._flush_scheduled:
-                return
-            try:
-                loop = asyncio.get_running_loop()
-            except RuntimeError:
-                self.flush()
-                return
-            self._flush_scheduled = True
-            loop.call_soon(self.flush)
-        except Exception:
-            self.handleError(record)
-
-    def flush(self) -> None:
-        self._flush_scheduled = False
-        with contextlib.suppress(OSError, ValueError):
-            self.stream.flush()
 
 
 def setup_logging(level: str = "INFO") -> None:

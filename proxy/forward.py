@@ -55,12 +55,12 @@ class Forwarder:
         falling through to the pass-through route."""
 
         async def handle(request: web.Request) -> web.StreamResponse:
-            if method is not None and request.method != method:
-                raise MethodNotAllowed(f"{request.method} is not allowed on {request.path}; use {method}.")
             runtime = self.gateway.current
             runtime.enter()
             call = _new_call(request, runtime, endpoint)
             try:
+                if method is not None and request.method != method:
+                    raise MethodNotAllowed(f"{request.method} is not allowed on {request.path}; use {method}.")
                 return await work(request, runtime, call)
             except GatewayError as exc:
                 return await self._fail(request, call, exc)
@@ -68,6 +68,10 @@ class Forwarder:
                 call.error = call.error or "client_disconnected"
                 call.status = call.status or 499
                 raise
+            except Exception:
+                log.exception("request %s: unhandled error on %s %s", call.request_id, request.method, request.path)
+                err = GatewayError("The gateway failed to process the request.", code="internal_error")
+                return await self._fail(request, call, err)
             finally:
                 await self._log(runtime, call)
                 runtime.leave()
@@ -86,7 +90,7 @@ class Forwarder:
             call.model, call.stream = check_body(endpoint, body)
             await self._authorize(runtime, call)
             await self._route(runtime, call)
-            await runtime.chain.each("rewrite_request", call=call)
+            await runtime.chain.each("rewrite_request", call)
             reply, first = await self._attempt(runtime, call)
             return await self._respond(request, call, reply, first)
 
@@ -111,11 +115,11 @@ class Forwarder:
             raise PermissionDenied(
                 f"The key '{client.name}' is limited to certain models and may not use /v1/{call.path}."
             )
-        targets = await runtime.chain.first("route", call=call)
+        targets = await runtime.chain.first("route", call)
         call.targets = [t for t in targets or () if t.provider.supports_passthrough]
         if not call.targets:
             raise NotFound(f"Invalid URL ({request.method} /v1/{call.path})", code="unknown_url")
-        await runtime.chain.each("rewrite_request", call=call)
+        await runtime.chain.each("rewrite_request", call)
         reply, first = await self._attempt(runtime, call)
         return await self._respond(request, call, reply, first)
 
@@ -147,7 +151,7 @@ class Forwarder:
     # -------------------------------------------------------------- stages
 
     async def _authorize(self, runtime: Runtime, call: Call) -> Client:
-        client = await runtime.chain.first("authenticate", call=call)
+        client = await runtime.chain.first("authenticate", call)
         if client is None:
             raise AuthenticationFailed("No plugin accepted the request's credentials.")
         call.client = client
@@ -158,7 +162,7 @@ class Forwarder:
         return client
 
     async def _route(self, runtime: Runtime, call: Call) -> None:
-        targets = await runtime.chain.first("route", call=call)
+        targets = await runtime.chain.first("route", call)
         if not targets:
             raise ModelNotFound(
                 f"The model '{call.model}' does not exist or you do not have access to it.", param="model"
@@ -177,7 +181,7 @@ class Forwarder:
         for i, target in enumerate(candidates):
             call.target = target
             try:
-                await runtime.chain.each("inject_guardrails", call=call, target=target)
+                await runtime.chain.each("inject_guardrails", call, target)
                 reply = await target.provider.send(call, target)
                 first = await _first_chunk(reply) if reply.stream is not None else None
                 return reply, first
@@ -198,19 +202,18 @@ class Forwarder:
     # -------------------------------------------------------------- responses
 
     async def _respond(self, request: web.Request, call: Call, reply: Reply, first: bytes | None) -> web.StreamResponse:
-        headers = {"x-request-id": call.request_id}
+        headers = {"Content-Type": reply.content_type, "x-request-id": call.request_id}
         if reply.headers:
             headers.update(reply.headers)
         call.status = reply.status
         if reply.stream is None:
-            resp = web.Response(status=reply.status, body=reply.body, headers=headers)
-            resp.content_type = reply.content_type
-            return await _send(request, resp, call)
+            return await _send(request, web.Response(status=reply.status, body=reply.body, headers=headers), call)
 
         stream = reply.stream
         is_sse = reply.content_type.startswith("text/event-stream")
-        sresp = web.StreamResponse(status=reply.status, headers={**headers, **(_SSE_HEADERS if is_sse else {})})
-        sresp.content_type = reply.content_type
+        if is_sse:
+            headers.update(_SSE_HEADERS)
+        sresp = web.StreamResponse(status=reply.status, headers=headers)
         try:
             await sresp.prepare(request)
             call.first_byte = time.perf_counter()
@@ -246,7 +249,7 @@ class Forwarder:
 
     async def _log(self, runtime: Runtime, call: Call) -> None:
         try:
-            await runtime.chain.each("log_request", call=call)
+            await runtime.chain.each("log_request", call)
         except Exception:
             log.exception("log_request hook failed")
 

@@ -250,12 +250,22 @@ class OpenAICompatibleProvider(Provider):
 
     @staticmethod
     def _usage_of(data: bytes) -> Usage | None:
-        if b'"usage"' not in data:
+        """The answer's usage object, for the log, without parsing what comes before it.
+
+        `{` + the bytes from the last `"usage"` on is valid JSON only when that key is
+        top-level (a nested one leaves unbalanced closers), so an embedding's vectors
+        or a long completion are not parsed just to count tokens.
+        """
+        at = data.rfind(b'"usage"')
+        if at < 0:
             return None
         try:
-            parsed = orjson.loads(data)
+            parsed = orjson.loads(b"{" + data[at:])
         except orjson.JSONDecodeError:
-            return None
+            try:
+                parsed = orjson.loads(data)
+            except orjson.JSONDecodeError:
+                return None
         return parse_usage(parsed.get("usage")) if isinstance(parsed, dict) else None
 
     async def _relay_raw(self, resp: http1.Response) -> AsyncGenerator[bytes, None]:

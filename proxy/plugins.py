@@ -124,30 +124,31 @@ def describe(pm: PluginManager) -> list[PluginInfo]:
 # ---------------------------------------------------------------- the chain
 
 
-def _bind(impl: pluggy.HookImpl, trace: bool) -> Impl:
-    """A callable taking the stage's keyword arguments, returning a value or awaitable."""
+def _bind(impl: pluggy.HookImpl, spec_args: tuple[str, ...], trace: bool) -> Impl:
+    """A callable taking the stage's arguments positionally, in the hookspec's order.
+
+    pluggy lets an implementation take any subset of the spec's arguments; when it takes
+    them all in order (the common case) the function itself is the callable, so a stage
+    costs one plain call per request.
+    """
     fn = impl.function
-    argnames = impl.argnames
+    argnames = tuple(impl.argnames)
     if impl.hookwrapper or impl.wrapper:
         raise ConfigError(f"plugin {impl.plugin_name!r}: hook wrappers are not supported by relaygate's stages")
-    is_async = inspect.iscoroutinefunction(fn)
+    if argnames == spec_args:
+        call: Impl = fn
+    else:
+        picks = tuple(spec_args.index(a) for a in argnames)
+
+        def call(*args: Any) -> Any:
+            return fn(*[args[i] for i in picks])
 
     if not trace:
-        if is_async:
+        return call
 
-            async def call_async(**kw: Any) -> Any:
-                return await fn(*[kw[a] for a in argnames])  # type: ignore[misc]  # checked: coroutine function
-
-            return call_async
-
-        def call_sync(**kw: Any) -> Any:
-            return fn(*[kw[a] for a in argnames])
-
-        return call_sync
-
-    async def traced(**kw: Any) -> Any:
+    async def traced(*args: Any) -> Any:
         t0 = time.perf_counter()
-        result = fn(*[kw[a] for a in argnames])
+        result = call(*args)
         if inspect.isawaitable(result):
             result = await result
         log.info(
@@ -163,30 +164,34 @@ def _bind(impl: pluggy.HookImpl, trace: bool) -> Impl:
 
 
 class Chain:
-    """Each per-request stage resolved to an ordered tuple of (is_async, callable)."""
+    """Each per-request stage resolved to an ordered tuple of (is_async, callable).
+
+    Stages are called with the hookspec's arguments, positionally.
+    """
 
     def __init__(self, pm: pluggy.PluginManager, *, trace: bool | None = None) -> None:
         trace = bool(os.environ.get(TRACE_ENV)) if trace is None else trace
         self.stages: dict[str, tuple[tuple[bool, Impl], ...]] = {}
         for stage in hookspecs.STAGES:
-            impls = getattr(pm.hook, stage).get_hookimpls()
+            caller = getattr(pm.hook, stage)
+            spec_args = tuple(caller.spec.argnames)
             bound = []
-            for impl in reversed(impls):  # pluggy's own call order
-                fn = _bind(impl, trace)
+            for impl in reversed(caller.get_hookimpls()):  # pluggy's own call order
+                fn = _bind(impl, spec_args, trace)
                 bound.append((trace or inspect.iscoroutinefunction(impl.function), fn))
             self.stages[stage] = tuple(bound)
 
-    async def first(self, stage: str, **kwargs: Any) -> Any:
+    async def first(self, stage: str, *args: Any) -> Any:
         """First non-None result wins."""
         for is_async, fn in self.stages[stage]:
-            result = await fn(**kwargs) if is_async else fn(**kwargs)
+            result = await fn(*args) if is_async else fn(*args)
             if result is not None:
                 return result
         return None
 
-    async def each(self, stage: str, **kwargs: Any) -> None:
+    async def each(self, stage: str, *args: Any) -> None:
         for is_async, fn in self.stages[stage]:
             if is_async:
-                await fn(**kwargs)
+                await fn(*args)
             else:
-                fn(**kwargs)
+                fn(*args)

@@ -71,3 +71,25 @@ def test_upstream_failure_record(gw: Gateway, upstream: FakeOpenAI) -> None:
     record = access_record(gw, "log-500")
     assert record["status"] == 500 and record["provider"] == "up" and record["error"]
     assert record["tokens_in"] is None
+
+
+USAGE = (b'"usage":{"prompt_tokens":7,"completion_tokens":3,"total_tokens":10,'
+         b'"prompt_tokens_details":{"cached_tokens":0}}')
+
+
+@pytest.mark.parametrize(("body", "expected"), [
+    (b'{"id":"c","choices":[{"index":0}],' + USAGE + b'}', (7, 3)),
+    (b'{"id":"c",' + USAGE + b',"system_fingerprint":"fp_1","service_tier":"default"}', (7, 3)),
+    (b'{' + USAGE + b',"choices":[{"message":{"content":"say \\"usage\\": no"}}]}', (7, 3)),
+    # The last "usage" is nested: the tail is not an object, so the whole answer is parsed.
+    (b'{' + USAGE + b',"choices":[{"x":{"usage":{"prompt_tokens":99}}}]}', (7, 3)),
+    (b'{"object":"list","data":[{"embedding":[0.1,0.2]}],"model":"e",'
+     b'"usage":{"prompt_tokens":4,"total_tokens":4}}', (4, 0)),
+    (b'{"id":"c","choices":[]}', None),
+    (b'{"usage": not json', None),
+])
+def test_usage_read_from_the_answer(body: bytes, expected: tuple[int, int] | None) -> None:
+    from proxy.openai_compat import OpenAICompatibleProvider
+
+    usage = OpenAICompatibleProvider._usage_of(body)
+    assert (None if usage is None else (usage.prompt_tokens, usage.completion_tokens)) == expected
