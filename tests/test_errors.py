@@ -11,6 +11,7 @@ from core_helpers import CLIENT_KEY, LIMITED_KEY, access_records, config_yaml, p
 from fakes.openai_upstream import Behaviour, FakeOpenAI
 from openapi_check import validate_error
 
+from proxy.hookspecs import hookimpl
 from proxy.testing import Gateway
 
 CHAT = [{"role": "user", "content": "hi"}]
@@ -258,3 +259,23 @@ def test_azure_style_deployment_path(gw: Gateway, upstream: FakeOpenAI) -> None:
     recorded = upstream.last("/v1/chat/completions")
     assert recorded.json["model"] == "gpt-4o"
     assert recorded.query == "", "Azure's api-version is not an OpenAI parameter"
+
+
+class BrokenPlugin:
+    """A plugin with a bug: its hook raises something that is not a GatewayError."""
+
+    @staticmethod
+    @hookimpl
+    def rewrite_request(call: object) -> None:
+        raise RuntimeError("secret-internal-detail")
+
+
+def test_a_plugin_bug_is_an_openai_shaped_500(upstream: FakeOpenAI, make_gateway: Callable[..., Gateway]) -> None:
+    gw = make_gateway(config_yaml(upstream.url), extra_plugins=[("broken", BrokenPlugin())])
+    resp = post_json(f"{gw.base_url}/chat/completions", {"model": "gpt-4o", "messages": CHAT})
+    error = _check_error(resp, 500)
+    assert error["code"] == "internal_error"
+    assert "secret-internal-detail" not in resp.body.decode()
+    assert "RuntimeError" in gw.log_text  # the traceback is logged for the operator
+    assert access_records(gw, 1)[-1]["status"] == 500
+    assert upstream.requests == []
