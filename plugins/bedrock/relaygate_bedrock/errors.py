@@ -98,7 +98,7 @@ def bedrock_error(provider: str, name: str | None, message: str | None, status: 
 
 def error_from_response(provider: str, status: int, body: bytes, headers: Mapping[str, str]) -> GatewayError:
     """An HTTP error answer from the runtime or control plane."""
-    name = headers.get("x-amzn-ErrorType")
+    name = headers.get("x-amzn-errortype")  # lower-case: the core's client lower-cases header names
     message = None
     try:
         data = orjson.loads(body) if body else None

@@ -1,8 +1,9 @@
 """`type: bedrock`: the OpenAI API translated to Bedrock Converse, ConverseStream and InvokeModel.
 
-Runtime calls go out on one pooled aiohttp session with orjson bodies and a botocore
-SigV4 signature; aiobotocore is kept for what it is good at and is not on the hot path:
-credentials and the control-plane listing.
+Runtime calls go out on the core's lean keep-alive client (`self.http`) with orjson
+bodies and a botocore SigV4 signature; aiobotocore is kept for what it is good at and is
+not on the hot path: credentials and the control-plane listing. An aiohttp session is
+opened only for `fetch_images` (the core's SSRF-guarded fetcher runs on aiohttp).
 """
 
 from __future__ import annotations
@@ -14,15 +15,14 @@ import logging
 from collections.abc import AsyncGenerator
 from typing import Any
 
-import aiohttp
 import orjson
 from aiobotocore.config import AioConfig
-from yarl import URL
 
 from proxy.errors import InvalidRequest, UpstreamError
 from proxy.fetch import DEFAULT_MAX_BYTES, DEFAULT_TIMEOUT, fetch_image
+from proxy.http1 import Response
 from proxy.options import Options
-from proxy.provider import Provider
+from proxy.provider import TRANSPORT_ERRORS, Provider
 from proxy.sse import DONE
 from proxy.types import CHAT, EMBEDDINGS, Call, ModelInfo, Reply, Target
 
@@ -43,7 +43,7 @@ _EVENTSTREAM = "application/vnd.amazon.eventstream"
 class BedrockProvider(Provider):
     endpoints = frozenset({CHAT, EMBEDDINGS})
     supports_guardrails = True
-    uses_session = True
+    uses_http = True
 
     def __init__(self, name: str, options: Options) -> None:
         super().__init__(name, options)
@@ -57,6 +57,7 @@ class BedrockProvider(Provider):
         self.control_endpoint: str | None = options.url("control_endpoint_url", None)
         self.aws = AwsAuth(AwsSettings.from_options(options, region))
         self.fetch_images: bool = options.bool("fetch_images", False)
+        self.uses_session = self.fetch_images
         fetch = options.block("image_fetch")
         self.image_max_bytes: int = fetch.int("max_bytes", DEFAULT_MAX_BYTES, minimum=1)
         self.image_timeout: float = fetch.number("timeout", DEFAULT_TIMEOUT)
@@ -98,13 +99,13 @@ class BedrockProvider(Provider):
 
     # -------------------------------------------------------------- transport
 
-    async def _post(self, model: str, operation: str, body: bytes, accept: str) -> aiohttp.ClientResponse:
+    async def _post(self, model: str, operation: str, body: bytes, accept: str) -> Response:
         url = self.endpoint + model_path(model, operation)
         headers = await self.aws.sign(url, body, {"Content-Type": _JSON, "Accept": accept})
         headers["Accept-Encoding"] = "identity"
         try:
-            resp = await self.session.post(URL(url, encoded=True), data=body, headers=headers, allow_redirects=False)
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+            resp = await self.http.request("POST", url, headers.items(), body)
+        except TRANSPORT_ERRORS as exc:
             raise self.transport_error(exc) from exc
         if resp.status >= 400:
             raise error_from_response(self.name, resp.status, await self.error_body(resp), resp.headers)
@@ -160,7 +161,7 @@ class BedrockProvider(Provider):
         await asyncio.gather(*(one(block, url) for block, url in holes))
 
     async def _relay(
-        self, call: Call, resp: aiohttp.ClientResponse, mapper: ChatStreamMapper
+        self, call: Call, resp: Response, mapper: ChatStreamMapper
     ) -> AsyncGenerator[bytes, None]:
         """Decode frames as bytes arrive; an exception frame becomes a raised domain error.
 
@@ -170,7 +171,7 @@ class BedrockProvider(Provider):
         decoder = EventStreamDecoder()
         ok = False
         try:
-            async for data in resp.content.iter_any():
+            async for data in resp.iter_chunks():
                 out: list[bytes] = []
                 for headers, payload in decoder.feed(data):
                     if headers.get(":message-type") != "event":
@@ -192,7 +193,7 @@ class BedrockProvider(Provider):
             mapper.check_complete()
             ok = True
             yield DONE
-        except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        except TRANSPORT_ERRORS as exc:
             raise self.transport_error(exc) from exc
         except (EventStreamError, orjson.JSONDecodeError) as exc:
             raise UpstreamError(f"provider {self.name!r}: Bedrock sent a malformed event stream") from exc
