@@ -407,8 +407,8 @@ def versions() -> str:
 
     return (
         f"Python {platform.python_version()}, relaygate {version('relaygate')}, aiohttp {version('aiohttp')}, "
-        f"uvloop {version('uvloop')}, orjson {version('orjson')}, {platform.machine()} "
-        f"{os.cpu_count()} CPUs, kernel {platform.release()}"
+        f"uvloop {version('uvloop')}, orjson {version('orjson')}, httptools {version('httptools')}, "
+        f"{platform.machine()} {os.cpu_count()} CPUs, kernel {platform.release()}"
     )
 
 
