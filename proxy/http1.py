@@ -400,6 +400,12 @@ class Pool:
                 raise
             return resp
 
+    async def __aenter__(self) -> Pool:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
     async def close(self) -> None:
         """Close idle connections now; busy ones close when their response ends."""
         self._closed = True
@@ -505,6 +511,12 @@ class HTTPClient:
         if pool is None:
             pool = self._pools[origin] = Pool(origin, **self._pool_options)  # type: ignore[arg-type]
         return await pool.request(method, target, headers, body)
+
+    async def __aenter__(self) -> HTTPClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
 
     async def close(self) -> None:
         for pool in self._pools.values():

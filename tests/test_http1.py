@@ -165,19 +165,18 @@ async def get(pool: Pool, method: str = "GET", body: bytes | None = None) -> byt
 
 @both_loops
 async def test_content_length_body_and_exact_request_bytes() -> None:
-    async with Server(answer(b"HTTP/1.1 201 Created\r\nContent-Length: 5\r\nX-Id: 7\r\n\r\nhello")) as srv:
-        pool = Pool(srv.origin)
-        try:
-            headers = [("Authorization", "Bearer k"), ("Content-Type", "application/json")]
-            resp = await pool.request("POST", "/v1/chat?x=1", headers, b'{"a":1}')
-            assert (resp.status, resp.headers) == (201, {"content-length": "5", "x-id": "7"})
-            assert await resp.read() == b"hello"
-            resp.release()
-            resp = await pool.request("GET", "/v1/models", [("Accept", "*/*")])
-            assert await resp.read() == b"hello"
-            resp.release()
-        finally:
-            await pool.close()
+    async with (
+        Server(answer(b"HTTP/1.1 201 Created\r\nContent-Length: 5\r\nX-Id: 7\r\n\r\nhello")) as srv,
+        Pool(srv.origin) as pool,
+    ):
+        headers = [("Authorization", "Bearer k"), ("Content-Type", "application/json")]
+        resp = await pool.request("POST", "/v1/chat?x=1", headers, b'{"a":1}')
+        assert (resp.status, resp.headers) == (201, {"content-length": "5", "x-id": "7"})
+        assert await resp.read() == b"hello"
+        resp.release()
+        resp = await pool.request("GET", "/v1/models", [("Accept", "*/*")])
+        assert await resp.read() == b"hello"
+        resp.release()
     assert srv.requests == [
         b"POST /v1/chat?x=1 HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nAuthorization: Bearer k\r\n"
         b'Content-Type: application/json\r\nContent-Length: 7\r\n\r\n{"a":1}' % srv.port,
@@ -188,13 +187,9 @@ async def test_content_length_body_and_exact_request_bytes() -> None:
 @both_loops
 async def test_empty_and_large_request_bodies_are_sent_whole() -> None:
     big = random.Random(1).randbytes(300_000)  # over 64 KiB: written as head + body
-    async with Server(answer(OK)) as srv:
-        pool = Pool(srv.origin)
-        try:
-            assert await get(pool, "POST", b"") == b"ok"
-            assert await get(pool, "PUT", big) == b"ok"
-        finally:
-            await pool.close()
+    async with Server(answer(OK)) as srv, Pool(srv.origin) as pool:
+        assert await get(pool, "POST", b"") == b"ok"
+        assert await get(pool, "PUT", big) == b"ok"
     assert srv.requests[0].endswith(b"\r\nContent-Length: 0\r\n\r\n")
     assert srv.requests[1] == b"PUT / HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nContent-Length: 300000\r\n\r\n" % srv.port + big
     assert srv.connections == 1
@@ -217,23 +212,19 @@ async def test_chunked_body(how: str) -> None:
                     first_piece_seen.clear()
             writer.write(b"0\r\nX-Trailer: t\r\n\r\n")
 
-    async with Server(handler) as srv:
-        pool = Pool(srv.origin)
-        try:
-            resp = await pool.request("GET", "/", [])
-            assert resp.headers == {"transfer-encoding": "chunked"}
-            if how == "read":
-                assert await resp.read() == b"".join(pieces)
-            else:
-                got = []
-                async for chunk in resp.iter_chunks():
-                    got.append(chunk)
-                    first_piece_seen.set()
-                assert got == pieces
-            resp.release()
-            assert await get(pool) == b"".join(pieces)  # trailers consumed: the connection is sane
-        finally:
-            await pool.close()
+    async with Server(handler) as srv, Pool(srv.origin) as pool:
+        resp = await pool.request("GET", "/", [])
+        assert resp.headers == {"transfer-encoding": "chunked"}
+        if how == "read":
+            assert await resp.read() == b"".join(pieces)
+        else:
+            got = []
+            async for chunk in resp.iter_chunks():
+                got.append(chunk)
+                first_piece_seen.set()
+            assert got == pieces
+        resp.release()
+        assert await get(pool) == b"".join(pieces)  # trailers consumed: the connection is sane
     assert srv.connections == 1
 
 
@@ -249,49 +240,40 @@ async def test_close_delimited_body(how: str) -> None:
         writer.close()
         await writer.wait_closed()
 
-    async with Server(handler) as srv:
-        pool = Pool(srv.origin)
-        try:
-            resp = await pool.request("GET", "/", [])
-            assert resp.status == 200
-            if how == "read":
-                assert await resp.read() == b"hello world"
-            else:
-                assert b"".join([chunk async for chunk in resp.iter_chunks()]) == b"hello world"
-            resp.release()
-            assert await get(pool) == b"hello world"  # a fresh connection: the old one is gone
-        finally:
-            await pool.close()
+    async with Server(handler) as srv, Pool(srv.origin) as pool:
+        resp = await pool.request("GET", "/", [])
+        assert resp.status == 200
+        if how == "read":
+            assert await resp.read() == b"hello world"
+        else:
+            assert b"".join([chunk async for chunk in resp.iter_chunks()]) == b"hello world"
+        resp.release()
+        assert await get(pool) == b"hello world"  # a fresh connection: the old one is gone
     assert srv.connections == 2
 
 
 @both_loops
 async def test_204_without_length_has_no_body_and_keeps_the_connection() -> None:
-    async with Server(answer(b"HTTP/1.1 204 No Content\r\n\r\n", OK)) as srv:
-        pool = Pool(srv.origin)
-        try:
-            resp = await asyncio.wait_for(pool.request("DELETE", "/x", []), 0.5)
-            assert resp.status == 204
-            assert await asyncio.wait_for(resp.read(), 0.5) == b""
-            resp.release()
-            assert await get(pool) == b"ok"
-        finally:
-            await pool.close()
+    async with Server(answer(b"HTTP/1.1 204 No Content\r\n\r\n", OK)) as srv, Pool(srv.origin) as pool:
+        resp = await asyncio.wait_for(pool.request("DELETE", "/x", []), 0.5)
+        assert resp.status == 204
+        assert await asyncio.wait_for(resp.read(), 0.5) == b""
+        resp.release()
+        assert await get(pool) == b"ok"
     assert srv.connections == 1
 
 
 @both_loops
 async def test_head_response_with_content_length_completes() -> None:
-    async with Server(answer(b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n", OK)) as srv:
-        pool = Pool(srv.origin, read_timeout=0.5)
-        try:
-            resp = await pool.request("HEAD", "/file", [])
-            assert (resp.status, resp.headers["content-length"]) == (200, "1234")
-            assert await asyncio.wait_for(resp.read(), 0.2) == b""
-            resp.release()
-            assert await get(pool) == b"ok"
-        finally:
-            await pool.close()
+    async with (
+        Server(answer(b"HTTP/1.1 200 OK\r\nContent-Length: 1234\r\n\r\n", OK)) as srv,
+        Pool(srv.origin, read_timeout=0.5) as pool,
+    ):
+        resp = await pool.request("HEAD", "/file", [])
+        assert (resp.status, resp.headers["content-length"]) == (200, "1234")
+        assert await asyncio.wait_for(resp.read(), 0.2) == b""
+        resp.release()
+        assert await get(pool) == b"ok"
     assert srv.requests[0].startswith(b"HEAD /file HTTP/1.1\r\n")
 
 
@@ -304,16 +286,12 @@ async def test_early_hints_are_skipped() -> None:
             await asyncio.sleep(0.02)
             writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nX-Real: 1\r\n\r\nbody")
 
-    async with Server(handler) as srv:
-        pool = Pool(srv.origin)
-        try:
-            for _ in range(2):
-                resp = await pool.request("GET", "/", [])
-                assert (resp.status, resp.headers) == (200, {"content-length": "4", "x-real": "1"})
-                assert await resp.read() == b"body"
-                resp.release()
-        finally:
-            await pool.close()
+    async with Server(handler) as srv, Pool(srv.origin) as pool:
+        for _ in range(2):
+            resp = await pool.request("GET", "/", [])
+            assert (resp.status, resp.headers) == (200, {"content-length": "4", "x-real": "1"})
+            assert await resp.read() == b"body"
+            resp.release()
     assert srv.connections == 1
 
 
@@ -321,17 +299,13 @@ async def test_early_hints_are_skipped() -> None:
 async def test_headers_are_lower_cased_and_repeats_joined() -> None:
     response = (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Thing: a\r\nContent-Type: text/plain\r\n"
                 b"x-thing: b\r\nSet-Cookie: s=1\r\nSET-COOKIE: t=2\r\n\r\nok")
-    async with Server(answer(response)) as srv:
-        pool = Pool(srv.origin)
-        try:
-            resp = await pool.request("GET", "/", [])
-            assert resp.headers == {
-                "content-length": "2", "x-thing": "a, b", "content-type": "text/plain", "set-cookie": "s=1, t=2"
-            }
-            assert await resp.read() == b"ok"
-            resp.release()
-        finally:
-            await pool.close()
+    async with Server(answer(response)) as srv, Pool(srv.origin) as pool:
+        resp = await pool.request("GET", "/", [])
+        assert resp.headers == {
+            "content-length": "2", "x-thing": "a, b", "content-type": "text/plain", "set-cookie": "s=1, t=2"
+        }
+        assert await resp.read() == b"ok"
+        resp.release()
 
 
 # ------------------------------------------------------------------------ keep-alive and the pool
@@ -356,14 +330,10 @@ async def test_connection_close_response_is_not_reused() -> None:
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
         await srv.read_request(reader)  # the server does not close: the client must
 
-    async with Server(handler) as srv:
-        pool = Pool(srv.origin)
-        try:
-            assert await get(pool) == b"ok"
-            await eventually(lambda: srv.eofs == 1)  # released, yet closed by the client
-            assert await get(pool) == b"ok"
-        finally:
-            await pool.close()
+    async with Server(handler) as srv, Pool(srv.origin) as pool:
+        assert await get(pool) == b"ok"
+        await eventually(lambda: srv.eofs == 1)  # released, yet closed by the client
+        assert await get(pool) == b"ok"
     assert (srv.connections, len(srv.requests)) == (2, 2)
 
 
@@ -379,14 +349,10 @@ async def test_idle_connection_closed_by_the_server_is_replaced(method: str) -> 
         else:
             await srv.read_request(reader)
 
-    async with Server(handler) as srv:
-        pool = Pool(srv.origin)
-        try:
-            assert await get(pool) == b"ok"
-            await asyncio.sleep(0.05)  # the loop has seen the FIN
-            assert await get(pool, method, b"2" if method == "POST" else None) == b"ok"
-        finally:
-            await pool.close()
+    async with Server(handler) as srv, Pool(srv.origin) as pool:
+        assert await get(pool) == b"ok"
+        await asyncio.sleep(0.05)  # the loop has seen the FIN
+        assert await get(pool, method, b"2" if method == "POST" else None) == b"ok"
     assert srv.connections == 2
     assert srv.requests[1].startswith(method.encode() + b" / ")
 
@@ -405,21 +371,17 @@ async def test_reused_connection_closed_after_the_request_was_written(method: st
             writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nretry")
             await srv.read_request(reader)
 
-    async with Server(handler) as srv:
-        pool = Pool(srv.origin)
-        try:
-            assert await get(pool) == b"ok"
-            if method == "GET":
-                assert await get(pool) == b"retry"
-                assert srv.connections == 2
-                assert srv.requests[1] == srv.requests[2]
-            else:
-                with pytest.raises(ConnectionClosed):
-                    await get(pool, "POST", b"{}")
-                assert srv.connections == 1
-                assert await get(pool) == b"retry"  # the pool recovers
-        finally:
-            await pool.close()
+    async with Server(handler) as srv, Pool(srv.origin) as pool:
+        assert await get(pool) == b"ok"
+        if method == "GET":
+            assert await get(pool) == b"retry"
+            assert srv.connections == 2
+            assert srv.requests[1] == srv.requests[2]
+        else:
+            with pytest.raises(ConnectionClosed):
+                await get(pool, "POST", b"{}")
+            assert srv.connections == 1
+            assert await get(pool) == b"retry"  # the pool recovers
 
 
 @both_loops
@@ -432,37 +394,29 @@ async def test_limit_one_makes_the_second_request_wait() -> None:
                 await answer_first.wait()
             writer.write(OK)
 
-    async with Server(handler) as srv:
-        pool = Pool(srv.origin, limit=1)
-        try:
-            first = asyncio.create_task(get(pool))
-            await eventually(lambda: len(srv.requests) == 1)
-            second = asyncio.create_task(get(pool))
-            await asyncio.sleep(0.05)
-            assert not second.done() and len(srv.requests) == 1
-            answer_first.set()
-            assert await asyncio.wait_for(asyncio.gather(first, second), 1) == [b"ok", b"ok"]
-        finally:
-            await pool.close()
+    async with Server(handler) as srv, Pool(srv.origin, limit=1) as pool:
+        first = asyncio.create_task(get(pool))
+        await eventually(lambda: len(srv.requests) == 1)
+        second = asyncio.create_task(get(pool))
+        await asyncio.sleep(0.05)
+        assert not second.done() and len(srv.requests) == 1
+        answer_first.set()
+        assert await asyncio.wait_for(asyncio.gather(first, second), 1) == [b"ok", b"ok"]
     assert (srv.connections, srv.max_open, len(srv.requests)) == (1, 1, 2)
 
 
 @both_loops
 async def test_a_woken_waiter_that_is_cancelled_passes_its_turn_on() -> None:
-    async with Server(answer(OK)) as srv:
-        pool = Pool(srv.origin, limit=1)
-        try:
-            held = await pool.request("GET", "/", [])
-            assert await held.read() == b"ok"
-            cancelled, waiting = asyncio.create_task(get(pool)), asyncio.create_task(get(pool))
-            await asyncio.sleep(0.02)
-            held.release()  # wakes `cancelled`, which leaves before it runs
-            cancelled.cancel()
-            assert await asyncio.wait_for(waiting, 0.5) == b"ok"
-            with pytest.raises(asyncio.CancelledError):
-                await cancelled
-        finally:
-            await pool.close()
+    async with Server(answer(OK)) as srv, Pool(srv.origin, limit=1) as pool:
+        held = await pool.request("GET", "/", [])
+        assert await held.read() == b"ok"
+        cancelled, waiting = asyncio.create_task(get(pool)), asyncio.create_task(get(pool))
+        await asyncio.sleep(0.02)
+        held.release()  # wakes `cancelled`, which leaves before it runs
+        cancelled.cancel()
+        assert await asyncio.wait_for(waiting, 0.5) == b"ok"
+        with pytest.raises(asyncio.CancelledError):
+            await cancelled
     assert srv.connections == 1
 
 
@@ -476,47 +430,39 @@ async def test_a_request_cancelled_while_connecting_frees_its_slot_once(monkeypa
             await answer_first.wait()
             writer.write(OK)
 
-    async with Server(handler) as srv:
-        pool = Pool(srv.origin, limit=1)
-        try:
-            made = http1._Connection.connection_made
-            task: asyncio.Task[bytes] | None = None
+    async with Server(handler) as srv, Pool(srv.origin, limit=1) as pool:
+        made = http1._Connection.connection_made
+        task: asyncio.Task[bytes] | None = None
 
-            def made_then_cancel(self: http1._Connection, transport: asyncio.BaseTransport) -> None:
-                made(self, transport)
-                assert task is not None
-                task.cancel()
+        def made_then_cancel(self: http1._Connection, transport: asyncio.BaseTransport) -> None:
+            made(self, transport)
+            assert task is not None
+            task.cancel()
 
-            monkeypatch.setattr(http1._Connection, "connection_made", made_then_cancel)
-            task = asyncio.create_task(get(pool))
-            with pytest.raises(asyncio.CancelledError):
-                await task
-            monkeypatch.undo()
-            await eventually(lambda: srv.open == 0)
-            # The limit still holds: one connection, and the second request waits for it.
-            both = asyncio.gather(get(pool), get(pool))
-            await eventually(lambda: len(srv.requests) == 1)
-            await asyncio.sleep(0.05)
-            assert srv.max_open == 1
-            answer_first.set()
-            assert await asyncio.wait_for(both, 1) == [b"ok", b"ok"]
-        finally:
-            await pool.close()
+        monkeypatch.setattr(http1._Connection, "connection_made", made_then_cancel)
+        task = asyncio.create_task(get(pool))
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        monkeypatch.undo()
+        await eventually(lambda: srv.open == 0)
+        # The limit still holds: one connection, and the second request waits for it.
+        both = asyncio.gather(get(pool), get(pool))
+        await eventually(lambda: len(srv.requests) == 1)
+        await asyncio.sleep(0.05)
+        assert srv.max_open == 1
+        answer_first.set()
+        assert await asyncio.wait_for(both, 1) == [b"ok", b"ok"]
     assert srv.max_open == 1
 
 
 @both_loops
 async def test_idle_connections_expire() -> None:
-    async with Server(answer(OK)) as srv:
-        pool = Pool(srv.origin, idle_timeout=0.05)
-        try:
-            assert await get(pool) == b"ok"
-            assert await get(pool) == b"ok"  # at once: reused
-            await asyncio.sleep(0.1)
-            assert await get(pool) == b"ok"  # too old: closed and replaced
-            await eventually(lambda: srv.eofs == 1)
-        finally:
-            await pool.close()
+    async with Server(answer(OK)) as srv, Pool(srv.origin, idle_timeout=0.05) as pool:
+        assert await get(pool) == b"ok"
+        assert await get(pool) == b"ok"  # at once: reused
+        await asyncio.sleep(0.1)
+        assert await get(pool) == b"ok"  # too old: closed and replaced
+        await eventually(lambda: srv.eofs == 1)
     assert srv.connections == 2
 
 
@@ -582,12 +528,8 @@ async def test_ipv6_host_header() -> None:
             probe.bind(("::1", 0))
     except OSError:
         pytest.skip("no IPv6 loopback")
-    async with Server(answer(OK), host="::1") as srv:
-        pool = Pool(srv.origin)
-        try:
-            assert await get(pool) == b"ok"
-        finally:
-            await pool.close()
+    async with Server(answer(OK), host="::1") as srv, Pool(srv.origin) as pool:
+        assert await get(pool) == b"ok"
     assert srv.requests[0].split(b"\r\n")[1] == b"Host: [::1]:%d" % srv.port
 
 
@@ -600,15 +542,11 @@ async def test_read_timeout_before_the_headers() -> None:
         await srv.read_request(reader)
         await srv.read_request(reader)  # never answers
 
-    async with Server(handler) as srv:
-        pool = Pool(srv.origin, read_timeout=0.2)
-        try:
-            with pytest.raises(ReadTimeout) as info:
-                await pool.request("GET", "/", [])
-            assert isinstance(info.value, TimeoutError)
-            await eventually(lambda: srv.eofs == 1)  # the connection was dropped, not pooled
-        finally:
-            await pool.close()
+    async with Server(handler) as srv, Pool(srv.origin, read_timeout=0.2) as pool:
+        with pytest.raises(ReadTimeout) as info:
+            await pool.request("GET", "/", [])
+        assert isinstance(info.value, TimeoutError)
+        await eventually(lambda: srv.eofs == 1)  # the connection was dropped, not pooled
 
 
 @pytest.mark.parametrize("how", ["read", "iter_chunks"])
@@ -619,23 +557,19 @@ async def test_read_timeout_in_the_body(how: str) -> None:
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
         await srv.read_request(reader)
 
-    async with Server(handler) as srv:
-        pool = Pool(srv.origin, read_timeout=0.2)
-        try:
-            resp = await pool.request("GET", "/", [])
-            got = []
-            with pytest.raises(ReadTimeout):
-                if how == "read":
-                    await resp.read()
-                else:
-                    async with aclosing(resp.iter_chunks()) as chunks:
-                        async for chunk in chunks:
-                            got.append(chunk)
-            assert got == ([b"abc"] if how == "iter_chunks" else [])
-            resp.close()
-            await eventually(lambda: srv.eofs == 1)
-        finally:
-            await pool.close()
+    async with Server(handler) as srv, Pool(srv.origin, read_timeout=0.2) as pool:
+        resp = await pool.request("GET", "/", [])
+        got = []
+        with pytest.raises(ReadTimeout):
+            if how == "read":
+                await resp.read()
+            else:
+                async with aclosing(resp.iter_chunks()) as chunks:
+                    async for chunk in chunks:
+                        got.append(chunk)
+        assert got == ([b"abc"] if how == "iter_chunks" else [])
+        resp.close()
+        await eventually(lambda: srv.eofs == 1)
 
 
 @both_loops
@@ -683,14 +617,10 @@ async def test_connect_timeout() -> None:
 
 @both_loops
 async def test_garbage_is_a_protocol_error() -> None:
-    async with Server(answer(b"SSH-2.0-OpenSSH_9.6\r\n\r\n")) as srv:
-        pool = Pool(srv.origin)
-        try:
-            with pytest.raises(ProtocolError):
-                await pool.request("GET", "/", [])
-            await eventually(lambda: srv.eofs == 1)
-        finally:
-            await pool.close()
+    async with Server(answer(b"SSH-2.0-OpenSSH_9.6\r\n\r\n")) as srv, Pool(srv.origin) as pool:
+        with pytest.raises(ProtocolError):
+            await pool.request("GET", "/", [])
+        await eventually(lambda: srv.eofs == 1)
 
 
 @both_loops
@@ -700,33 +630,40 @@ async def test_close_before_answering_on_a_fresh_connection() -> None:
         writer.close()
         await writer.wait_closed()
 
-    async with Server(handler) as srv:
-        pool = Pool(srv.origin)
-        try:
-            with pytest.raises(ConnectionClosed):
-                await pool.request("GET", "/", [])  # idempotent, but nothing to retry: it was fresh
-        finally:
-            await pool.close()
+    async with Server(handler) as srv, Pool(srv.origin) as pool:
+        with pytest.raises(ConnectionClosed):
+            await pool.request("GET", "/", [])  # idempotent, but nothing to retry: it was fresh
     assert (srv.connections, len(srv.requests)) == (1, 1)
 
 
+async def _close_mid_length_body(writer: asyncio.StreamWriter) -> None:
+    writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
+    writer.close()
+    await writer.wait_closed()
+
+
+async def _reset_mid_close_delimited_body(writer: asyncio.StreamWriter) -> None:
+    """A body that only the connection's end delimits, ended by a reset instead of a FIN."""
+    writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nhalf of it")
+    await writer.drain()
+    await asyncio.sleep(0.02)
+    sock = writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")  # RST on close
+    writer.transport.abort()
+
+
+@pytest.mark.parametrize("cut", [_close_mid_length_body, _reset_mid_close_delimited_body], ids=["length", "reset"])
 @both_loops
-async def test_close_in_the_middle_of_the_body() -> None:
+async def test_a_body_cut_short_is_an_error(cut: Callable[[asyncio.StreamWriter], Awaitable[None]]) -> None:
     async def handler(srv: Server, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await srv.read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
-        writer.close()
-        await writer.wait_closed()
+        await cut(writer)
 
-    async with Server(handler) as srv:
-        pool = Pool(srv.origin)
-        try:
-            resp = await pool.request("GET", "/", [])
-            with pytest.raises(ConnectionClosed):
-                await resp.read()
-            resp.close()
-        finally:
-            await pool.close()
+    async with Server(handler) as srv, Pool(srv.origin) as pool:
+        resp = await pool.request("GET", "/", [])
+        with pytest.raises(ConnectionClosed):
+            await resp.read()
+        resp.close()
 
 
 @both_loops
@@ -737,52 +674,40 @@ async def test_closing_a_half_read_response_drops_the_connection() -> None:
             if len(srv.requests) > 1:
                 writer.write(b"0\r\n\r\n")
 
-    async with Server(handler) as srv:
-        pool = Pool(srv.origin)
-        try:
-            resp = await pool.request("GET", "/", [])
-            async with aclosing(resp.iter_chunks()) as chunks:
-                assert await anext(chunks) == b"first"
-            resp.close()
-            await eventually(lambda: srv.eofs == 1)  # the server sees the socket go
-            assert await get(pool) == b"first"
-        finally:
-            await pool.close()
+    async with Server(handler) as srv, Pool(srv.origin) as pool:
+        resp = await pool.request("GET", "/", [])
+        async with aclosing(resp.iter_chunks()) as chunks:
+            assert await anext(chunks) == b"first"
+        resp.close()
+        await eventually(lambda: srv.eofs == 1)  # the server sees the socket go
+        assert await get(pool) == b"first"
     assert srv.connections == 2
 
 
 @both_loops
 async def test_unread_body_is_not_reused_on_release() -> None:
-    async with Server(answer(OK)) as srv:
-        pool = Pool(srv.origin)
-        try:
-            resp = await pool.request("GET", "/", [])
-            await asyncio.sleep(0.02)  # the body is in, but nobody read it
-            resp.release()
-            assert await get(pool) == b"ok"
-        finally:
-            await pool.close()
+    async with Server(answer(OK)) as srv, Pool(srv.origin) as pool:
+        resp = await pool.request("GET", "/", [])
+        await asyncio.sleep(0.02)  # the body is in, but nobody read it
+        resp.release()
+        assert await get(pool) == b"ok"
     assert srv.connections == 2
 
 
 @both_loops
 async def test_line_breaks_and_spaces_are_rejected_before_sending() -> None:
-    async with Server(answer(OK)) as srv:
-        pool = Pool(srv.origin)
-        try:
-            with pytest.raises(ValueError, match="line break"):
-                await pool.request("GET", "/", [("X-Evil", "a\r\nInjected: yes")])
-            with pytest.raises(ValueError, match="line break"):
-                await pool.request("GET", "/", [("X-Evil\r\nInjected", "yes")])
-            with pytest.raises(ValueError, match="whitespace"):
-                await pool.request("GET", "/a b", [])
-            with pytest.raises(ValueError, match="whitespace"):
-                await pool.request("GET", "/a\r\nInjected: yes", [])
-            await asyncio.sleep(0.02)
-            assert srv.connections == 0
-            assert await get(pool) == b"ok"  # nothing was leaked or left half-done
-        finally:
-            await pool.close()
+    async with Server(answer(OK)) as srv, Pool(srv.origin) as pool:
+        with pytest.raises(ValueError, match="line break"):
+            await pool.request("GET", "/", [("X-Evil", "a\r\nInjected: yes")])
+        with pytest.raises(ValueError, match="line break"):
+            await pool.request("GET", "/", [("X-Evil\r\nInjected", "yes")])
+        with pytest.raises(ValueError, match="whitespace"):
+            await pool.request("GET", "/a b", [])
+        with pytest.raises(ValueError, match="whitespace"):
+            await pool.request("GET", "/a\r\nInjected: yes", [])
+        await asyncio.sleep(0.02)
+        assert srv.connections == 0
+        assert await get(pool) == b"ok"  # nothing was leaked or left half-done
 
 
 # ------------------------------------------------------------------------ backpressure
@@ -898,52 +823,22 @@ async def test_tls_with_a_trusted_certificate(certificate: tuple[Path, Path]) ->
 async def test_tls_with_the_default_context_rejects_a_self_signed_certificate(
     certificate: tuple[Path, Path],
 ) -> None:
-    async with Server(answer(OK), server_context(certificate)) as srv:
-        pool = Pool(srv.origin, connect_timeout=1.0)
-        try:
-            with pytest.raises(ConnectFailed) as info:
-                await pool.request("GET", "/", [])
-            assert isinstance(info.value.__cause__, ssl.SSLCertVerificationError)
-        finally:
-            await pool.close()
+    async with Server(answer(OK), server_context(certificate)) as srv, Pool(srv.origin, connect_timeout=1.0) as pool:
+        with pytest.raises(ConnectFailed) as info:
+            await pool.request("GET", "/", [])
+        assert isinstance(info.value.__cause__, ssl.SSLCertVerificationError)
     assert srv.requests == []
 
 
 
 @both_loops
-async def test_a_close_delimited_body_cut_by_a_reset_is_an_error() -> None:
-    async def handler(srv: Server, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await srv.read_request(reader)
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\nhalf of it")
-        await writer.drain()
-        await asyncio.sleep(0.02)
-        sock = writer.get_extra_info("socket")
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")  # RST on close
-        writer.transport.abort()
-
-    async with Server(handler) as srv:
-        pool = Pool(srv.origin)
-        try:
-            resp = await pool.request("GET", "/", [])
-            with pytest.raises(ConnectionClosed):
-                await resp.read()
-            resp.close()
-        finally:
-            await pool.close()
-
-
-@both_loops
 async def test_a_second_unasked_response_drops_the_connection() -> None:
     extra = b"HTTP/1.1 500 Oops\r\nContent-Length: 0\r\n\r\n"
-    async with Server(answer(OK + extra)) as srv:
-        pool = Pool(srv.origin)
-        try:
-            resp = await pool.request("GET", "/", [])
-            assert await resp.read() == b"ok"
-            await asyncio.sleep(0.02)
-            assert resp.status == 200  # not overwritten by the stray answer
-            resp.release()
-            assert await get(pool) == b"ok"
-        finally:
-            await pool.close()
+    async with Server(answer(OK + extra)) as srv, Pool(srv.origin) as pool:
+        resp = await pool.request("GET", "/", [])
+        assert await resp.read() == b"ok"
+        await asyncio.sleep(0.02)
+        assert resp.status == 200  # not overwritten by the stray answer
+        resp.release()
+        assert await get(pool) == b"ok"
     assert srv.connections == 2  # the out-of-step connection was not reused
