@@ -14,6 +14,7 @@ import logging
 import os
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Coroutine, Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
@@ -134,6 +135,19 @@ class Gateway(FakeServer):
     @property
     def access_log(self) -> list[dict[str, Any]]:
         return list(self._capture.access)
+
+    def wait_access_log(self, count: int, *, timeout: float = 3.0) -> list[dict[str, Any]]:
+        """The access log once it holds at least `count` records.
+
+        A record is written when the response has ended, so it may land a moment after
+        the client has read the response: wait for it rather than race it.
+        """
+        deadline = time.monotonic() + timeout
+        while len(records := self.access_log) < count:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"expected {count} access records, have {len(records)}: {records}")
+            time.sleep(0.01)
+        return records
 
     @property
     def log_text(self) -> str:

@@ -12,6 +12,8 @@ from urllib.parse import urlsplit
 
 import orjson
 
+from proxy.testing import Gateway
+
 CLIENT_KEY = "sk-client-team-a-7f3c9e1d2b4a6f8e"
 LIMITED_KEY = "sk-client-limited-5b2d8c4e6a1f3d7b"
 UPSTREAM_KEY = "sk-upstream-9d8c7b6a5f4e3d2c1b0a"
@@ -92,18 +94,8 @@ def sse_data(body: bytes) -> list[bytes]:
 
 
 
-def access_records(gw: Any, count: int, *, timeout: float = 3.0) -> list[dict[str, Any]]:
-    """The access log once it holds at least `count` records.
-
-    A record is written when the response has ended, so it may land a moment after the
-    client has read the response: wait for it rather than race it.
-    """
-    deadline = time.monotonic() + timeout
-    while len(records := gw.access_log) < count:
-        if time.monotonic() > deadline:
-            raise AssertionError(f"expected {count} access records, have {len(records)}: {records}")
-        time.sleep(0.01)
-    return records
+def access_records(gw: Gateway, count: int, *, timeout: float = 3.0) -> list[dict[str, Any]]:
+    return gw.wait_access_log(count, timeout=timeout)
 
 
 def access_record(gw: Any, request_id: str, *, timeout: float = 3.0) -> dict[str, Any]:

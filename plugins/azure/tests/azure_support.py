@@ -3,24 +3,19 @@
 from __future__ import annotations
 
 import http.client
-import time
 from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
 
+from proxy.testing import Gateway
+
 CLIENT_KEY = "rg-client-key-abcdef0123456789"
 UPSTREAM_KEY = "azure-upstream-key-0123456789"
 
 
-def access_record(gw: Any, count: int = 1, *, timeout: float = 3.0) -> list[dict[str, Any]]:
-    """The access log once it holds `count` records (they are written after the response ends)."""
-    deadline = time.monotonic() + timeout
-    while len(records := gw.access_log) < count:
-        if time.monotonic() > deadline:
-            raise AssertionError(f"expected {count} access records, have {records}")
-        time.sleep(0.01)
-    return records
+def access_record(gw: Gateway, count: int = 1) -> list[dict[str, Any]]:
+    return gw.wait_access_log(count)
 
 
 def raw_post(url: str, payload: Any, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:

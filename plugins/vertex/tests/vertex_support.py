@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -42,11 +41,5 @@ def client_for(gw: Gateway) -> openai.OpenAI:
     return openai.OpenAI(base_url=gw.base_url, api_key=CLIENT_KEY, max_retries=0)
 
 
-def access_records(gw: Gateway, count: int, *, timeout: float = 3.0) -> list[dict[str, Any]]:
-    """The access log once it holds `count` records (written after each response ends)."""
-    deadline = time.monotonic() + timeout
-    while len(records := gw.access_log) < count:
-        if time.monotonic() > deadline:
-            raise AssertionError(f"expected {count} access records, have {records}")
-        time.sleep(0.01)
-    return records
+def access_records(gw: Gateway, count: int) -> list[dict[str, Any]]:
+    return gw.wait_access_log(count)
