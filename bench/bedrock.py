@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from run import chat_body, chat_request
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -38,22 +39,6 @@ CLIENT_KEY = "sk-client-bench-0123456789"
 MODEL = "us.anthropic.claude-3-7-sonnet-20250219-v1:0"
 TEXT = ("Benchmarks measure what they measure. This completion is a fixed text of roughly one kilobyte so that "
         "the gateway relays a realistic body without the mock spending any time producing it. " * 4).strip()
-
-
-def chat_body(stream: bool, model: str) -> dict[str, Any]:
-    """The same ~1 KB chat request as bench/run.py."""
-    body: dict[str, Any] = {
-        "model": model,
-        "messages": [
-            {"role": "system", "content": "You are a terse assistant used by a load test. " * 6},
-            {"role": "user", "content": "Summarise the benchmark methodology in one paragraph, please. " * 10},
-        ],
-        "temperature": 0.2,
-        "max_tokens": 256,
-    }
-    if stream:
-        body["stream"] = True
-    return body
 
 
 CONVERSE_ANSWER = orjson.dumps({
@@ -101,7 +86,7 @@ async def micro(n: int) -> None:
 
     auth = AwsAuth(AwsSettings(region="us-west-2", access_key_id="AKIDBENCH", secret_access_key="bench-secret"))
     await auth.start()
-    body = chat_body(False, "claude")
+    body = chat_request(False, "claude")
     raw = orjson.dumps(body)
     url = "https://bedrock-runtime.us-west-2.amazonaws.com" + model_path(MODEL, "converse")
     loop = asyncio.get_running_loop()
@@ -176,7 +161,7 @@ async def _stock_client(n: int, loop: asyncio.AbstractEventLoop) -> None:
     port = runner.addresses[0][1]
     session = AioSession()
     session.set_credentials("AKIDBENCH", "bench-secret")
-    body = chat_body(False, "claude")
+    body = chat_request(False, "claude")
     try:
         async with session.create_client("bedrock-runtime", region_name="us-west-2",
                                          endpoint_url=f"http://{HOST}:{port}") as client:
@@ -319,13 +304,13 @@ async def end_to_end(duration: float, chunks: int, rounds: int) -> None:
                  ("OpenAI pass-through stream", "bench-model", True), ("Bedrock ConverseStream", "claude", True)]
         results: dict[str, list[tuple[float, float, float]]] = {name: [] for name, _, _ in cells}
         for name, model, stream in cells:  # warm up
-            raw = build_request(HOST, gw_port, "/v1/chat/completions", orjson.dumps(chat_body(stream, model)), headers)
+            raw = build_request(HOST, gw_port, "/v1/chat/completions", chat_body(stream, model), headers)
             res = await run_load(HOST, gw_port, raw, concurrency=1, duration=None, requests=300)
             if res.errors:
                 raise RuntimeError(f"{name}: {res.errors} errors (see {work})")
         for _ in range(rounds):  # interleaved, so a burst of foreign load hits every cell alike
             for name, model, stream in cells:
-                raw = build_request(HOST, gw_port, "/v1/chat/completions", orjson.dumps(chat_body(stream, model)),
+                raw = build_request(HOST, gw_port, "/v1/chat/completions", chat_body(stream, model),
                                     headers)
                 cpu0 = _cpu(gw.pid)
                 res = await run_load(HOST, gw_port, raw, concurrency=1, duration=duration, requests=None)

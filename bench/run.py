@@ -28,6 +28,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import orjson
 import uvloop
@@ -45,9 +46,9 @@ TARGETS = ("direct", "bare", "gateway")
 # ---------------------------------------------------------------- request bodies
 
 
-def chat_body(stream: bool, model: str = "bench-model") -> bytes:
+def chat_request(stream: bool, model: str = "bench-model") -> dict[str, Any]:
     """A ~1 KB chat request, like the DESIGN §3 measurement."""
-    body: dict[str, object] = {
+    body: dict[str, Any] = {
         "model": model,
         "messages": [
             {"role": "system", "content": "You are a terse assistant used by a load test. " * 6},
@@ -58,7 +59,11 @@ def chat_body(stream: bool, model: str = "bench-model") -> bytes:
     }
     if stream:
         body["stream"] = True
-    return orjson.dumps(body)
+    return body
+
+
+def chat_body(stream: bool, model: str = "bench-model") -> bytes:
+    return orjson.dumps(chat_request(stream, model))
 
 
 def request_bytes(port: int, stream: bool, model: str = "bench-model") -> bytes:
