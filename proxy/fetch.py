@@ -172,7 +172,7 @@ async def fetch_image(
         raise _bad("The image URL is not a valid URL.") from exc
     try:
         data = await asyncio.wait_for(_fetch(session, parsed, max_bytes, allow_private), timeout)
-    except asyncio.TimeoutError as exc:
+    except TimeoutError as exc:
         raise _bad(f"Fetching the image URL took longer than {timeout:g} s.") from exc
     except aiohttp.ClientError as exc:
         raise InvalidRequest(

@@ -76,7 +76,7 @@ class Runtime:
             self._drained.clear()
             try:
                 await asyncio.wait_for(self._drained.wait(), grace)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 log.warning("closing the previous config with %d requests still in flight", self.inflight)
         await self.close()
 

@@ -84,7 +84,7 @@ class ModelCache:
                 return self._models
             try:
                 self._models = await fetch_models(await client_factory())
-            except (BotoCoreError, ClientError, asyncio.TimeoutError, OSError) as exc:
+            except (TimeoutError, BotoCoreError, ClientError, OSError) as exc:
                 # Keep the last good list; the next call after the TTL tries again.
                 log.warning("provider %s: Bedrock model listing failed: %s", self.provider, type(exc).__name__)
                 if self._models is None:

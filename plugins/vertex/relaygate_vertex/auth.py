@@ -41,7 +41,7 @@ def _expiry(creds: Any) -> float | None:
     if not isinstance(expiry, dt.datetime):
         return None
     if expiry.tzinfo is None:  # google-auth keeps naive UTC datetimes
-        expiry = expiry.replace(tzinfo=dt.timezone.utc)
+        expiry = expiry.replace(tzinfo=dt.UTC)
     return expiry.timestamp()
 
 
