@@ -25,7 +25,7 @@ from .errors import (
 )
 from .options import Options
 from .provider import TRANSPORT_ERRORS, Provider
-from .sse import complete_events, split_events
+from .sse import complete_events
 from .types import CHAT, COMPLETIONS, EMBEDDINGS, PASSTHROUGH, Call, ModelInfo, Reply, Target, Usage
 
 log = logging.getLogger("relaygate.upstream")
@@ -302,23 +302,50 @@ class OpenAICompatibleProvider(Provider):
 
     @staticmethod
     def _take_usage(call: Call, block: bytes, keep: bool) -> bytes:
-        """Record the usage object; hide it when the client did not ask for it."""
+        """Record the usage object; hide it when the client did not ask for it.
+
+        Only the event holding the marker is cut out and parsed: a reader that fell
+        behind gets a whole stream in one block, and the rest of it passes as it is.
+        """
+        if b"\r" in block:
+            block = block.replace(b"\r\n", b"\n")
         out: list[bytes] = []
-        for ev in split_events(block):
-            if not (_USAGE_MARKERS[0] in ev or _USAGE_MARKERS[1] in ev) or not ev.startswith(b"data:"):
-                out.append(ev)
-                continue
-            try:
-                chunk = orjson.loads(ev[5:])
-            except orjson.JSONDecodeError:
-                out.append(ev)
-                continue
-            usage = parse_usage(chunk.get("usage")) if isinstance(chunk, dict) else None
-            if usage is not None:
-                call.usage = usage
-            if keep:
-                out.append(ev)
-            elif chunk.get("choices"):
-                chunk["usage"] = None
-                out.append(b"data: " + orjson.dumps(chunk) + b"\n\n")
+        pos = 0
+        while (at := _find_usage(block, pos)) >= 0:
+            begin = block.rfind(b"\n\n", pos, at)
+            begin = pos if begin < 0 else begin + 2
+            end = block.find(b"\n\n", at)
+            end = len(block) if end < 0 else end + 2
+            out.append(block[pos:begin])
+            out.append(_usage_event(call, block[begin:end], keep))
+            pos = end
+        out.append(block[pos:])
         return b"".join(out)
+
+
+def _find_usage(block: bytes, start: int) -> int:
+    """Where the next usage object starts in `block`, or -1."""
+    a = block.find(_USAGE_MARKERS[0], start)
+    b = block.find(_USAGE_MARKERS[1], start)
+    return b if a < 0 or 0 <= b < a else a
+
+
+def _usage_event(call: Call, ev: bytes, keep: bool) -> bytes:
+    """One event carrying usage: recorded; dropped (or its usage nulled) unless kept."""
+    if not ev.startswith(b"data:"):
+        return ev
+    try:
+        chunk = orjson.loads(ev[5:])
+    except orjson.JSONDecodeError:
+        return ev
+    if not isinstance(chunk, dict):
+        return ev
+    usage = parse_usage(chunk.get("usage"))
+    if usage is not None:
+        call.usage = usage
+    if keep:
+        return ev
+    if chunk.get("choices"):  # a content chunk that also carries usage: keep the content
+        chunk["usage"] = None
+        return b"data: " + orjson.dumps(chunk) + b"\n\n"
+    return b""

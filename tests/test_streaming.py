@@ -163,3 +163,31 @@ def test_awkward_upstream_framing(shape: Behaviour, include_usage: bool, client:
     assert len(usage_chunks) == (1 if include_usage else 0)
     record = access_records(gw, 1)[-1]
     assert (record["tokens_in"], record["tokens_out"]) == (3, 4)
+
+
+_CONTENT = b'data: {"choices":[{"index":0,"delta":{"content":"hi"}}]}\n\n'
+_USAGE_EV = b'data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2}}\n\n'
+_BOTH = b'data: {"choices":[{"index":0,"delta":{}}],"usage":{"prompt_tokens":3,"completion_tokens":2}}\n\n'
+
+
+@pytest.mark.parametrize(("block", "keep", "expected"), [
+    (_CONTENT * 3 + _USAGE_EV + b"data: [DONE]\n\n", False, _CONTENT * 3 + b"data: [DONE]\n\n"),
+    (_CONTENT * 3 + _USAGE_EV + b"data: [DONE]\n\n", True, _CONTENT * 3 + _USAGE_EV + b"data: [DONE]\n\n"),
+    (_USAGE_EV, False, b""),
+    (_CONTENT + _BOTH, False,
+     _CONTENT + b'data: {"choices":[{"index":0,"delta":{}}],"usage":null}\n\n'),
+    ((_CONTENT + _USAGE_EV).replace(b"\n", b"\r\n"), False, _CONTENT),
+    (_CONTENT + b'data: ["usage":{ not json\n\n', False, _CONTENT + b'data: ["usage":{ not json\n\n'),
+    (_CONTENT + b'data: [{"usage":{"prompt_tokens":1}}]\n\n', False,
+     _CONTENT + b'data: [{"usage":{"prompt_tokens":1}}]\n\n'),
+])
+def test_usage_event_cut_out_of_a_block(block: bytes, keep: bool, expected: bytes) -> None:
+    """Only the event carrying usage is parsed; everything around it passes unchanged."""
+    from proxy.openai_compat import OpenAICompatibleProvider
+    from proxy.types import Call
+
+    call = Call(request_id="r", endpoint="chat/completions", method="POST", path="chat/completions",
+                query_string="", headers=None, config=None)  # type: ignore[arg-type]
+    assert OpenAICompatibleProvider._take_usage(call, block, keep) == expected
+    if b"prompt_tokens\":3" in block:
+        assert call.usage is not None and (call.usage.prompt_tokens, call.usage.completion_tokens) == (3, 2)
