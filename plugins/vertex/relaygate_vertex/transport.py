@@ -3,8 +3,8 @@
 google-auth needs a `google.auth.transport.Request`; its bundled ones need `requests` or
 `urllib3`. This one is the standard library's urllib, which is all a token refresh
 needs, so the plugin depends on google-auth alone. It runs only in worker threads
-(`asyncio.to_thread`), never on the event loop. Like the gateway's own aiohttp
-sessions it ignores `HTTP(S)_PROXY` environment variables.
+(`asyncio.to_thread`), never on the event loop. Like the gateway's own upstream
+clients it ignores `HTTP(S)_PROXY` environment variables.
 """
 
 from __future__ import annotations
