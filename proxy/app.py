@@ -16,7 +16,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from .errors import ConfigError, MethodNotAllowed, NotFound
+from .errors import ConfigError, MethodNotAllowed, UnknownURL
 from .forward import Forwarder
 from .responses import error_response, request_id_of
 from .runtime import Runtime, load_runtime
@@ -93,8 +93,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def not_found(request: web.Request) -> web.Response:
-    err = NotFound(f"Invalid URL ({request.method} {request.path})", code="unknown_url")
-    return error_response(err, request_id_of(request))
+    return error_response(UnknownURL(request.method, request.path), request_id_of(request))
 
 
 def create_app(

@@ -91,6 +91,15 @@ class NotFound(GatewayError):
     default_code = "not_found"
 
 
+class UnknownURL(NotFound):
+    """OpenAI's answer to a path it does not serve: "Invalid URL (METHOD /path)"."""
+
+    default_code = "unknown_url"
+
+    def __init__(self, method: str, path: str) -> None:
+        super().__init__(f"Invalid URL ({method} {path})")
+
+
 class ModelNotFound(NotFound):
     default_code = "model_not_found"
 

@@ -22,8 +22,8 @@ from .errors import (
     InvalidRequest,
     MethodNotAllowed,
     ModelNotFound,
-    NotFound,
     PermissionDenied,
+    UnknownURL,
     is_retryable,
 )
 from .request import check_body, parse_json, read_body
@@ -99,7 +99,7 @@ class Forwarder:
     async def _passthrough(self, request: web.Request, runtime: Runtime, call: Call) -> web.StreamResponse:
         if any(seg in (".", "..") for seg in request.match_info["tail"].split("/")):
             # The upstream would resolve them, and the call could leave its /v1 base URL.
-            raise NotFound(f"Invalid URL ({request.method} {request.path})", code="unknown_url")
+            raise UnknownURL(request.method, request.path)
         call.path = request.rel_url.raw_path[4:]  # after "/v1/", percent-encoded as the client sent it
         if request.method not in ("GET", "HEAD", "DELETE"):
             call.raw_body = await read_body(request, runtime.config.server.max_body_size)
@@ -118,7 +118,7 @@ class Forwarder:
         targets = await runtime.chain.first("route", call)
         call.targets = [t for t in targets or () if t.provider.supports_passthrough]
         if not call.targets:
-            raise NotFound(f"Invalid URL ({request.method} /v1/{call.path})", code="unknown_url")
+            raise UnknownURL(request.method, f"/v1/{call.path}")
         await runtime.chain.each("rewrite_request", call)
         reply, first = await self._attempt(runtime, call)
         return await self._respond(request, call, reply, first)

@@ -20,7 +20,6 @@ import orjson
 from . import http1
 from .errors import (
     GatewayError,
-    InvalidRequest,
     error_for_status,
 )
 from .options import Options
@@ -176,7 +175,7 @@ class OpenAICompatibleProvider(Provider):
     async def _fetch_models(self) -> list[ModelInfo]:
         try:
             headers = merge_headers(self._static_headers.copy(), await self.auth_headers(None))
-            resp = await self._request("GET", f"{self.base_url}/models", None, headers)
+            resp = await self.request("GET", f"{self.base_url}/models", headers.values())
             if resp.status != 200:
                 resp.close()
                 log.warning("provider %s: model listing answered HTTP %s", self.name, resp.status)
@@ -211,7 +210,7 @@ class OpenAICompatibleProvider(Provider):
         url = self.url_for(call, target)
 
         merge_headers(headers, await self.auth_headers(target))
-        resp = await self._request(call.method, url, body, headers)
+        resp = await self.request(call.method, url, headers.values(), body)
         if resp.status == 401:
             try:
                 retry = await self.refresh_credentials()
@@ -221,7 +220,7 @@ class OpenAICompatibleProvider(Provider):
             if retry:
                 resp.close()
                 merge_headers(headers, await self.auth_headers(target))
-                resp = await self._request(call.method, url, body, headers)
+                resp = await self.request(call.method, url, headers.values(), body)
 
         if resp.status >= 400:
             raise self.error_for(resp.status, await self.error_body(resp), resp.headers)
@@ -239,14 +238,6 @@ class OpenAICompatibleProvider(Provider):
         if call.endpoint != PASSTHROUGH:
             call.usage = self._usage_of(data)
         return Reply(resp.status, body=data, content_type=content_type)
-
-    async def _request(self, method: str, url: str, body: bytes | None, headers: Headers) -> http1.Response:
-        try:
-            return await self.http.request(method, url, headers.values(), body)
-        except ValueError as exc:  # a header or path the HTTP/1.1 framing cannot carry
-            raise InvalidRequest(f"The request cannot be forwarded: {exc}.") from None
-        except TRANSPORT_ERRORS as exc:
-            raise self.transport_error(exc) from exc
 
     @staticmethod
     def _usage_of(data: bytes) -> Usage | None:

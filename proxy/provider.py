@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+from collections.abc import Iterable
 
 import aiohttp
 
@@ -172,6 +173,17 @@ class Provider:
             raise
         resp.release()
         return data
+
+    async def request(
+        self, method: str, url: str, headers: Iterable[tuple[str, str]], body: bytes | None = None
+    ) -> http1.Response:
+        """`self.http.request`, with failures turned into what the core's fallbacks understand."""
+        try:
+            return await self.http.request(method, url, headers, body)
+        except ValueError as exc:  # a header or path the HTTP/1.1 framing cannot carry
+            raise InvalidRequest(f"The request cannot be forwarded: {exc}.") from None
+        except TRANSPORT_ERRORS as exc:
+            raise self.transport_error(exc) from exc
 
     def new_http_client(self) -> http1.HTTPClient:
         """The lean keep-alive client with this provider's limits and timeouts."""

@@ -279,3 +279,13 @@ def test_a_plugin_bug_is_an_openai_shaped_500(upstream: FakeOpenAI, make_gateway
     assert "RuntimeError" in gw.log_text  # the traceback is logged for the operator
     assert access_records(gw, 1)[-1]["status"] == 500
     assert upstream.requests == []
+
+
+def test_a_header_http_cannot_carry_is_a_400_not_a_crash(upstream: FakeOpenAI,
+                                                         make_gateway: Callable[..., Gateway]) -> None:
+    bad = f'  bad: {{type: openai, base_url: {upstream.url}/v1, headers: {{X-Team: "a\\nInjected: yes"}}}}\n'
+    gw = make_gateway(config_yaml(upstream.url, extra_providers=bad, routes="  - {model: \"*\", to: bad}\n"))
+    resp = post_json(f"{gw.base_url}/chat/completions", {"model": "gpt-4o", "messages": CHAT})
+    error = _check_error(resp, 400)
+    assert "cannot be forwarded" in error["message"]
+    assert upstream.requests == []

@@ -103,10 +103,7 @@ class BedrockProvider(Provider):
         url = self.endpoint + model_path(model, operation)
         headers = await self.aws.sign(url, body, {"Content-Type": _JSON, "Accept": accept})
         headers["Accept-Encoding"] = "identity"
-        try:
-            resp = await self.http.request("POST", url, headers.items(), body)
-        except TRANSPORT_ERRORS as exc:
-            raise self.transport_error(exc) from exc
+        resp = await self.request("POST", url, headers.items(), body)
         if resp.status >= 400:
             raise error_from_response(self.name, resp.status, await self.error_body(resp), resp.headers)
         return resp
