@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import os
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,21 @@ from openapi_schema_validator import OAS31Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-SPEC_PATH = Path(__file__).resolve().parents[1].parent / "shared" / "openai-openapi" / "openapi.yaml"
+_SPEC = Path("openai-openapi") / "openapi.yaml"
+
+
+def _spec_path() -> Path:
+    """`RELAYGATE_OPENAPI_SPEC`, else `shared/` beside the checkout, else the workplace's copy.
+
+    A clean clone made elsewhere (a CI scratch directory) still finds the spec.
+    """
+    if env := os.environ.get("RELAYGATE_OPENAPI_SPEC"):
+        return Path(env)
+    candidates = [Path(__file__).resolve().parents[1].parent / "shared" / _SPEC, Path("/work/shared") / _SPEC]
+    return next((p for p in candidates if p.is_file()), candidates[0])
+
+
+SPEC_PATH = _spec_path()
 SPEC_URI = "urn:openai:openapi"
 
 SCHEMAS = (
@@ -65,7 +80,7 @@ def _load_yaml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(
             f"OpenAI OpenAPI spec not found at {path}; the conformance tests need it "
-            "(see /work/shared/openai-openapi/README.md)"
+            "(set RELAYGATE_OPENAPI_SPEC, or put shared/openai-openapi beside the checkout)"
         )
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     with path.open("rb") as fh:
