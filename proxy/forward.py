@@ -8,6 +8,7 @@ response headers are sent, which costs no latency: the client is waiting for it 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -236,10 +237,14 @@ class Forwarder:
             call.error = err.code or err.type
             log.warning("request %s: stream failed after it started: %s", call.request_id, err.message)
             if is_sse:
-                await sresp.write(err.to_sse())
+                with contextlib.suppress(ConnectionResetError):
+                    await sresp.write(err.to_sse())
         finally:
             await stream.aclose()
-        await sresp.write_eof()
+        with contextlib.suppress(ConnectionResetError):
+            # Clients may hang up once they have the last event (the SDK does on [DONE]):
+            # only the end-of-body marker is lost, the answer itself was delivered.
+            await sresp.write_eof()
         return sresp
 
     async def _fail(self, request: web.Request, call: Call, exc: GatewayError) -> web.StreamResponse:

@@ -34,6 +34,7 @@ log = logging.getLogger("relaygate.upstream")
 FORWARDED_HEADERS = ("Content-Type", "Accept", "OpenAI-Beta", "Idempotency-Key")
 _FORWARDED = tuple((name.lower(), name) for name in FORWARDED_HEADERS)
 _USAGE_MARKERS = (b'"usage":{', b'"usage": {')
+_DONE_TAILS = (b"data: [DONE]\n\n", b"data: [DONE]\r\n\r\n")
 _MODELS_TTL = 300.0
 
 StreamFilter = Callable[[bytes], bytes]
@@ -273,18 +274,25 @@ class OpenAICompatibleProvider(Provider):
     async def _relay_events(
         self, call: Call, target: Target, resp: http1.Response
     ) -> AsyncGenerator[bytes, None]:
-        """Relay SSE bytes; only the rare block holding a usage object is parsed."""
+        """Relay SSE bytes; only the rare block holding a usage object is parsed.
+
+        `[DONE]` ends the relay: a server that lingers before closing its connection
+        does not hold the client's response open (its connection is then not reused).
+        """
         want_usage = call.include_usage
         transform = self.stream_filter(call, target)
         ok = False
         try:
             async for block in complete_events(resp.iter_chunks()):
+                done = block.endswith(_DONE_TAILS)
                 if _USAGE_MARKERS[0] in block or _USAGE_MARKERS[1] in block:
                     block = self._take_usage(call, block, want_usage)
                 if transform is not None:
                     block = transform(block)
                 if block:
                     yield block
+                if done:
+                    break
             ok = True
         except TRANSPORT_ERRORS as exc:
             raise self.transport_error(exc) from exc

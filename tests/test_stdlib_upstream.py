@@ -8,6 +8,7 @@ chunking). The gateway must relay it all the same, to the official SDK.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -59,6 +60,10 @@ class Handler(BaseHTTPRequestHandler):
         if (request.get("stream_options") or {}).get("include_usage"):
             self.wfile.write(_chunk({}, usage=COMPLETION["usage"], choices=False))
         self.wfile.write(b"data: [DONE]\n\n")
+        self.wfile.flush()
+        # Linger before closing: the SDK hangs up on [DONE], so the gateway's end of the
+        # body comes after its client has gone, which must not turn into an error.
+        time.sleep(0.1)
 
     def _json(self, status: int, payload: dict) -> None:
         data = orjson.dumps(payload)
