@@ -27,10 +27,10 @@ from mock_upstream import COMPLETION
 from run import CLIENT_KEY, chat_body, gateway_config
 
 from proxy.builtin.accesslog import LineWriter
-from proxy.openai_compat import OpenAICompatibleProvider
-from proxy.request import check_body, parse_json
-from proxy.runtime import Runtime, load_runtime
+from proxy.server.body import check_body, parse_json
+from proxy.server.runtime import Runtime, load_runtime
 from proxy.types import CHAT, Call
+from proxy.upstream.openai_compat import OpenAICompatibleProvider
 
 
 async def one_batch(runtime: Runtime, n: int) -> dict[str, float]:
@@ -57,14 +57,14 @@ async def one_batch(runtime: Runtime, n: int) -> dict[str, float]:
         call.body = parse_json(raw)
         call.model, call.stream = check_body(CHAT, call.body)
         t = add("parse + check body", t)
-        call.client = await chain.first("authenticate", call)
+        call.client = await chain.authenticate(call)
         t = add("authenticate", t)
-        call.targets = await chain.first("route", call)
+        call.targets = await chain.route(call)
         t = add("route", t)
-        await chain.each("rewrite_request", call)
+        await chain.rewrite_request(call)
         t = add("rewrite_request", t)
         target = call.target = call.targets[0]
-        await chain.each("inject_guardrails", call, target)
+        await chain.inject_guardrails(call, target)
         t = add("inject_guardrails", t)
         provider = target.provider
         assert isinstance(provider, OpenAICompatibleProvider)
@@ -74,7 +74,7 @@ async def one_batch(runtime: Runtime, n: int) -> dict[str, float]:
         t = add("usage parse of the answer", t)
         call.status, call.first_byte = 200, time.perf_counter()
         t = time.perf_counter()
-        await chain.each("log_request", call)
+        await chain.log_request(call)
         add("log_request", t)
     return spent
 

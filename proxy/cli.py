@@ -18,7 +18,7 @@ import orjson
 from .builtin.accesslog import LineWriter
 from .errors import ConfigError
 from .plugins import describe, make_plugin_manager
-from .runtime import Runtime, load_runtime
+from .server.runtime import Runtime, load_runtime
 
 log = logging.getLogger("relaygate")
 
@@ -78,7 +78,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 def _run_worker(path: str, host: str, port: int, reuse_port: bool, runtime: Runtime | None) -> None:
     from aiohttp import web
 
-    from .app import create_app
+    from .server.app import create_app
 
     try:
         import uvloop

@@ -3,24 +3,24 @@
 pluggy declares and discovers; the core runs. At startup and on every config reload the
 core resolves each per-request stage once into an ordered list of implementations
 (pluggy's call order: last registered first, `tryfirst`/`trylast` pick the bucket) and
-awaits them directly. An implementation may be a plain function or a coroutine function.
-No hook is ever called per streamed chunk.
+awaits them directly (`proxy.server.chain.Chain`, one typed attribute per stage). An
+implementation may be a plain function or a coroutine function. No hook is ever called
+per streamed chunk.
 
-"First non-None result wins" means: implementations are called in order until one
-returns something other than None; that value is the stage's result and the rest are
-skipped.
+A spec marked `firstresult=True` is "first non-None result wins": implementations are
+called in order until one returns something other than None; that value is the stage's
+result and the rest are skipped. The core reads the mark from the spec itself.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import pluggy
 
 if TYPE_CHECKING:
-    from .provider import Provider
     from .types import Call, Client, Target
+    from .upstream.provider import RegisterProvider
 
 PROJECT = "relaygate"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -34,7 +34,7 @@ STAGES = ("authenticate", "route", "rewrite_request", "inject_guardrails", "log_
 
 
 @hookspec
-def register_providers(register: Callable[[str, type[Provider] | str], None]) -> None:
+def register_providers(register: RegisterProvider) -> None:
     """Register provider types.
 
     Called by the core once per plugin manager (startup, `check`, reload), synchronously,
@@ -51,7 +51,7 @@ def register_providers(register: Callable[[str, type[Provider] | str], None]) ->
 # ------------------------------------------------------------------ per request
 
 
-@hookspec
+@hookspec(firstresult=True)
 def authenticate(call: Call) -> Client | None:
     """Decide who is calling.
 
@@ -66,7 +66,7 @@ def authenticate(call: Call) -> Client | None:
     """
 
 
-@hookspec
+@hookspec(firstresult=True)
 def route(call: Call) -> list[Target] | None:
     """Pick the upstream attempts for a model call, in fallback order.
 

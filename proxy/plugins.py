@@ -1,17 +1,14 @@
-"""Plugin discovery (pluggy + entry points) and the pre-resolved hook chain.
+"""Plugin discovery: pluggy plus the `relaygate.plugins` entry points.
 
-pluggy finds plugins and orders implementations; `Chain` then holds, per stage, a plain
-list of callables that the core awaits itself. pluggy cannot await async hooks, and
-resolving once keeps its per-call dispatch off the hot path.
+pluggy finds plugins and orders their implementations; `proxy.server.chain.Chain` then
+resolves each per-request stage once, so the request path never goes through pluggy.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
-import inspect
 import logging
 import os
-import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,7 +17,7 @@ import pluggy
 
 from . import hookspecs
 from .errors import ConfigError
-from .provider import Provider, ProviderRef
+from .upstream.provider import Provider, ProviderRef
 
 ENTRY_POINT_GROUP = "relaygate.plugins"
 TRACE_ENV = "RELAYGATE_TRACE_HOOKS"
@@ -119,79 +116,3 @@ def describe(pm: PluginManager) -> list[PluginInfo]:
             )
         )
     return infos
-
-
-# ---------------------------------------------------------------- the chain
-
-
-def _bind(impl: pluggy.HookImpl, spec_args: tuple[str, ...], trace: bool) -> Impl:
-    """A callable taking the stage's arguments positionally, in the hookspec's order.
-
-    pluggy lets an implementation take any subset of the spec's arguments; when it takes
-    them all in order (the common case) the function itself is the callable, so a stage
-    costs one plain call per request.
-    """
-    fn = impl.function
-    argnames = tuple(impl.argnames)
-    if impl.hookwrapper or impl.wrapper:
-        raise ConfigError(f"plugin {impl.plugin_name!r}: hook wrappers are not supported by relaygate's stages")
-    if argnames == spec_args:
-        call: Impl = fn
-    else:
-        picks = tuple(spec_args.index(a) for a in argnames)
-
-        def call(*args: Any) -> Any:
-            return fn(*[args[i] for i in picks])
-
-    if not trace:
-        return call
-
-    async def traced(*args: Any) -> Any:
-        t0 = time.perf_counter()
-        result = call(*args)
-        if inspect.isawaitable(result):
-            result = await result
-        log.info(
-            "hook %s.%s -> %s (%.3f ms)",
-            impl.plugin_name,
-            fn.__name__,
-            type(result).__name__,
-            (time.perf_counter() - t0) * 1e3,
-        )
-        return result
-
-    return traced
-
-
-class Chain:
-    """Each per-request stage resolved to an ordered tuple of (is_async, callable).
-
-    Stages are called with the hookspec's arguments, positionally.
-    """
-
-    def __init__(self, pm: pluggy.PluginManager, *, trace: bool | None = None) -> None:
-        trace = bool(os.environ.get(TRACE_ENV)) if trace is None else trace
-        self.stages: dict[str, tuple[tuple[bool, Impl], ...]] = {}
-        for stage in hookspecs.STAGES:
-            caller = getattr(pm.hook, stage)
-            spec_args = tuple(caller.spec.argnames)
-            bound = []
-            for impl in reversed(caller.get_hookimpls()):  # pluggy's own call order
-                fn = _bind(impl, spec_args, trace)
-                bound.append((trace or inspect.iscoroutinefunction(impl.function), fn))
-            self.stages[stage] = tuple(bound)
-
-    async def first(self, stage: str, *args: Any) -> Any:
-        """First non-None result wins."""
-        for is_async, fn in self.stages[stage]:
-            result = await fn(*args) if is_async else fn(*args)
-            if result is not None:
-                return result
-        return None
-
-    async def each(self, stage: str, *args: Any) -> None:
-        for is_async, fn in self.stages[stage]:
-            if is_async:
-                await fn(*args)
-            else:
-                fn(*args)

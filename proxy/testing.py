@@ -23,7 +23,9 @@ from typing import Any, TypeVar
 import orjson
 from aiohttp import web
 
-from .app import GATEWAY, create_app
+from .server.app import STATE, create_app
+from .server.runtime import Runtime
+from .upstream.provider import Provider
 
 T = TypeVar("T")
 
@@ -153,12 +155,22 @@ class Gateway(FakeServer):
     def log_text(self) -> str:
         return "\n".join(self._capture.lines)
 
+    @property
+    def runtime(self) -> Runtime:
+        """The configuration currently serving (changes on reload)."""
+        assert self.app is not None
+        return self.app[STATE].current
+
+    def provider(self, name: str) -> Provider:
+        """The started provider `name` of the current configuration."""
+        return self.runtime.config.providers[name]
+
     def reload(self, config: str | None = None) -> bool:
         """Rewrite the config file (if given) and reload it, as SIGHUP does."""
         if config is not None:
             self.config_path.write_text(config)
         assert self.app is not None
-        return self.call(self.app[GATEWAY].reload())
+        return self.call(self.app[STATE].reload())
 
     def __enter__(self) -> Gateway:
         for key, value in self.env.items():

@@ -17,8 +17,8 @@ import orjson
 if TYPE_CHECKING:
     from multidict import CIMultiDictProxy
 
-    from .config import Config, Route
-    from .provider import Provider
+    from .config.load import Config, Route
+    from .upstream.provider import Provider
 
 # Endpoint names: what the client asked for, independent of the URL it used.
 CHAT = "chat/completions"

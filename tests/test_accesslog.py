@@ -89,7 +89,7 @@ USAGE = (b'"usage":{"prompt_tokens":7,"completion_tokens":3,"total_tokens":10,'
     (b'{"usage": not json', None),
 ])
 def test_usage_read_from_the_answer(body: bytes, expected: tuple[int, int] | None) -> None:
-    from proxy.openai_compat import OpenAICompatibleProvider
+    from proxy.upstream.openai_compat import OpenAICompatibleProvider
 
     usage = OpenAICompatibleProvider._usage_of(body)
     assert (None if usage is None else (usage.prompt_tokens, usage.completion_tokens)) == expected

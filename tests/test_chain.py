@@ -8,7 +8,8 @@ from typing import Any
 import pytest
 
 from proxy.hookspecs import hookimpl
-from proxy.plugins import Chain, make_plugin_manager
+from proxy.plugins import make_plugin_manager
+from proxy.server.chain import Chain
 
 
 class Seen:
@@ -51,8 +52,8 @@ async def test_stages_get_their_arguments_in_order(trace: bool, caplog: pytest.L
     chain = Chain(pm, trace=trace)
     call, target = object(), object()
     with caplog.at_level(logging.INFO, logger="relaygate.plugins"):
-        await chain.each("inject_guardrails", call, target)
-        assert await chain.first("authenticate", call) == "client"
+        await chain.inject_guardrails(call, target)
+        assert await chain.authenticate(call) == "client"
     # pluggy's order: the last registered first; `first` stops at the first answer.
     assert seen.calls == [("both", (call, target)), ("target-only", (target,)),
                           ("auth-none", (call,)), ("auth-answer", (call,))]
@@ -62,5 +63,5 @@ async def test_stages_get_their_arguments_in_order(trace: bool, caplog: pytest.L
 
 async def test_a_stage_without_implementations_is_a_no_op() -> None:
     chain = Chain(make_plugin_manager(only=[]), trace=False)
-    assert await chain.first("route", object()) is None
-    await chain.each("log_request", object())
+    assert await chain.route(object()) is None
+    await chain.log_request(object())

@@ -189,7 +189,7 @@ def test_default_applies_when_unset(tmp_path: Path) -> None:
           demo: {type: demo}
         """)
     os.environ.pop("RG_TEST_PORT_UNSET", None)
-    from proxy.runtime import load_runtime
+    from proxy.server.runtime import load_runtime
 
     assert load_runtime(path).config.server.port == 9123
 

@@ -11,7 +11,7 @@ import pytest
 
 from proxy import hookimpl
 from proxy.errors import ConfigError
-from proxy.runtime import load_runtime
+from proxy.server.runtime import load_runtime
 from proxy.testing import Gateway
 
 
@@ -51,7 +51,7 @@ def test_unused_cloud_plugins_import_no_cloud_sdk() -> None:
     """Registered but unconfigured, Bedrock and Vertex cost no aiobotocore/google-auth import."""
     example = Path(__file__).resolve().parent.parent / "config.example.yaml"
     code = (
-        "import sys; from proxy.runtime import load_runtime; "
+        "import sys; from proxy.server.runtime import load_runtime; "
         f"load_runtime({str(example)!r}); "
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('aiobotocore', 'botocore', 'google')))"
     )

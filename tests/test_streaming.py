@@ -183,8 +183,8 @@ _BOTH = b'data: {"choices":[{"index":0,"delta":{}}],"usage":{"prompt_tokens":3,"
 ])
 def test_usage_event_cut_out_of_a_block(block: bytes, keep: bool, expected: bytes) -> None:
     """Only the event carrying usage is parsed; everything around it passes unchanged."""
-    from proxy.openai_compat import OpenAICompatibleProvider
     from proxy.types import Call
+    from proxy.upstream.openai_compat import OpenAICompatibleProvider
 
     call = Call(request_id="r", endpoint="chat/completions", method="POST", path="chat/completions",
                 query_string="", headers=None, config=None)  # type: ignore[arg-type]

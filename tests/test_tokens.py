@@ -9,7 +9,7 @@ import time
 import pytest
 
 from proxy.errors import UpstreamUnavailable
-from proxy.tokens import RefreshingToken, Token, TokenFetchError
+from proxy.upstream.tokens import RefreshingToken, Token, TokenFetchError
 
 
 class Counting(RefreshingToken):

@@ -13,16 +13,16 @@ import hashlib
 import math
 import struct
 import time
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import orjson
 
+from ..config.options import Options
 from ..hookspecs import hookimpl
-from ..options import Options
-from ..provider import Provider
-from ..sse import DONE, event
 from ..types import CHAT, COMPLETIONS, EMBEDDINGS, Call, ModelInfo, Reply, Target, Usage
+from ..upstream.provider import Provider, RegisterProvider
+from ..upstream.sse import DONE, event
 
 MODELS = ("demo-chat", "demo-embed")
 
@@ -245,5 +245,5 @@ def _usage(usage: Usage) -> dict[str, int]:
 
 
 @hookimpl
-def register_providers(register: Callable[[str, type[Provider]], None]) -> None:
+def register_providers(register: RegisterProvider) -> None:
     register("demo", DemoProvider)

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
+from ..config.options import Options
 from ..hookspecs import hookimpl
-from ..openai_compat import OpenAICompatibleProvider
-from ..options import Options
-from ..provider import Provider
+from ..upstream.openai_compat import OpenAICompatibleProvider
+from ..upstream.provider import RegisterProvider
 
 
 class OpenAIProvider(OpenAICompatibleProvider):
@@ -24,5 +22,5 @@ class OpenAIProvider(OpenAICompatibleProvider):
 
 
 @hookimpl
-def register_providers(register: Callable[[str, type[Provider]], None]) -> None:
+def register_providers(register: RegisterProvider) -> None:
     register("openai", OpenAIProvider)

@@ -10,13 +10,12 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 
 import orjson
 
-from proxy import hookimpl
-from proxy.provider import Provider
+from proxy import RegisterProvider, hookimpl
 from proxy.types import CHAT, Call, Reply, Target
+from proxy.upstream.provider import Provider
 
 DEFAULT_USER = "relaygate-echo"
 
@@ -44,7 +43,7 @@ class EchoProvider(Provider):
 
 
 @hookimpl
-def register_providers(register: Callable[[str, type[Provider]], None]) -> None:
+def register_providers(register: RegisterProvider) -> None:
     register("echo", EchoProvider)
 
 

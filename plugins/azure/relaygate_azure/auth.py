@@ -24,8 +24,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from proxy.options import Options
-from proxy.tokens import RefreshingToken, Token, TokenFetchError
+from proxy.config.options import Options
+from proxy.upstream.tokens import RefreshingToken, Token, TokenFetchError
 
 log = logging.getLogger("relaygate.azure")
 

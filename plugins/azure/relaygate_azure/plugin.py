@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
+from proxy import RegisterProvider
 from proxy.hookspecs import hookimpl
-from proxy.provider import Provider
 
 from .provider import AzureProvider
 
 
 @hookimpl
-def register_providers(register: Callable[[str, type[Provider]], None]) -> None:
+def register_providers(register: RegisterProvider) -> None:
     register("azure", AzureProvider)

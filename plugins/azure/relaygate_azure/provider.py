@@ -13,10 +13,10 @@ import re
 from collections.abc import Mapping
 from urllib.parse import quote
 
+from proxy.config.options import Options
 from proxy.errors import GatewayError
-from proxy.openai_compat import OpenAICompatibleProvider, StreamFilter
-from proxy.options import Options
 from proxy.types import CHAT, COMPLETIONS, EMBEDDINGS, PASSTHROUGH, Call, ModelInfo, Target
+from proxy.upstream.openai_compat import OpenAICompatibleProvider, StreamFilter
 
 from .auth import EntraToken
 from .errors import azure_error

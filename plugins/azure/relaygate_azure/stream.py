@@ -22,7 +22,7 @@ from typing import Any
 
 import orjson
 
-from proxy.sse import event, event_data, split_events
+from proxy.upstream.sse import event, event_data, split_events
 
 _PROMPT_FILTER = b'"prompt_filter_results"'
 _BLANK_OBJECT = (b'"object":""', b'"object": ""')

@@ -14,7 +14,6 @@ import pytest
 from azure_support import CLIENT_KEY, UPSTREAM_KEY, access_record
 from relaygate_azure.auth import jwt_expiry, parse_token_output
 
-from proxy.app import GATEWAY
 from proxy.testing import Gateway
 
 HELLO = [{"role": "user", "content": "hello"}]
@@ -45,7 +44,7 @@ def make_jwt(exp: float, n: int = 0) -> str:
 
 def provider_of(gw: Gateway):  # type: ignore[no-untyped-def]
     assert gw.app is not None
-    return gw.app[GATEWAY].current.config.providers["azure"]
+    return gw.provider("azure")
 
 
 def token_config(url: str, auth: str) -> str:

@@ -190,7 +190,7 @@ def test_v1_api_mode_puts_the_deployment_in_the_body(azure) -> None:
 def test_endpoint_forms_give_the_resource_root(endpoint: str) -> None:
     from relaygate_azure.provider import AzureProvider
 
-    from proxy.options import Options
+    from proxy.config.options import Options
 
     provider = AzureProvider(
         "azure", Options({"type": "azure", "endpoint": endpoint, "api_key": "k", "api_version": "2024-10-21"})

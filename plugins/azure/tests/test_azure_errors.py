@@ -8,8 +8,8 @@ import pytest
 from azure_support import CLIENT_KEY, UPSTREAM_KEY, raw_post
 from openapi_check import validate_error
 
+from proxy.config.options import Options
 from proxy.errors import ConfigError
-from proxy.options import Options
 from proxy.testing import Gateway
 
 CONFIG = """

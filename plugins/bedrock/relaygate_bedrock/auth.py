@@ -23,8 +23,8 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import CredentialProvider
 
+from proxy.config.options import Options
 from proxy.errors import ConfigError
-from proxy.options import Options
 
 SIGNING_NAME = "bedrock"  # bedrock-runtime signs as "bedrock" (service model signingName)
 _SAFE = "-._~"  # botocore.utils.SAFE_CHARS: what botocore leaves unescaped in a URI label

@@ -7,8 +7,8 @@ route guardrails are rendered as Bedrock's headers and body field by the plugin'
 
 from __future__ import annotations
 
-from proxy.openai_compat import OpenAICompatibleProvider
-from proxy.options import Options
+from proxy.config.options import Options
+from proxy.upstream.openai_compat import OpenAICompatibleProvider
 
 API_KEY_ENV = "AWS_BEARER_TOKEN_BEDROCK"
 

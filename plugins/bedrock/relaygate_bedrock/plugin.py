@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
+from proxy import RegisterProvider
 from proxy.hookspecs import hookimpl
-from proxy.provider import Provider
 from proxy.types import Call, Target
 
 from .openai_endpoint import BedrockOpenAIProvider
@@ -13,7 +11,7 @@ from .request_map import GUARDRAIL_FIELD
 
 
 @hookimpl
-def register_providers(register: Callable[[str, type[Provider] | str], None]) -> None:
+def register_providers(register: RegisterProvider) -> None:
     # `type: bedrock` by reference: aiobotocore is imported only where a config uses it.
     register("bedrock", "relaygate_bedrock.provider:BedrockProvider")
     register("bedrock-openai", BedrockOpenAIProvider)

@@ -18,13 +18,13 @@ from typing import Any
 import orjson
 from aiobotocore.config import AioConfig
 
+from proxy.config.options import Options
 from proxy.errors import InvalidRequest, UpstreamError
-from proxy.fetch import DEFAULT_MAX_BYTES, DEFAULT_TIMEOUT, fetch_image
-from proxy.http1 import Response
-from proxy.options import Options
-from proxy.provider import TRANSPORT_ERRORS, Provider
-from proxy.sse import DONE
 from proxy.types import CHAT, EMBEDDINGS, Call, ModelInfo, Reply, Target
+from proxy.upstream.images import DEFAULT_MAX_BYTES, DEFAULT_TIMEOUT, fetch_image
+from proxy.upstream.lean import Response
+from proxy.upstream.provider import TRANSPORT_ERRORS, Provider
+from proxy.upstream.sse import DONE
 
 from .auth import AwsAuth, AwsSettings, model_path
 from .embeddings import embed

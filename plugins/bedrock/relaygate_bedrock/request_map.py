@@ -17,8 +17,8 @@ from typing import Any
 import orjson
 
 from proxy.errors import InvalidRequest
-from proxy.fetch import sniff_image
 from proxy.types import Guardrail
+from proxy.upstream.images import sniff_image
 
 TOOL_NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 GUARDRAIL_FIELD = "amazon-bedrock-guardrailConfig"

@@ -115,7 +115,7 @@ def test_missing_credentials_fail_start_clearly(fake: FakeBedrock, make_gateway:
 def test_config_errors_name_the_key(fake: FakeBedrock, tmp_path: Path) -> None:
     from relaygate_bedrock.plugin import register_providers
 
-    from proxy.config import load_config
+    from proxy.config.load import load_config
     from proxy.errors import ConfigError
 
     types: dict[str, type] = {}

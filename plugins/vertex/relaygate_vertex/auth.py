@@ -26,7 +26,7 @@ from google.auth import exceptions as gexc
 from google.oauth2 import credentials as user_credentials
 from google.oauth2 import service_account
 
-from proxy.tokens import RefreshingToken, Token, TokenFetchError
+from proxy.upstream.tokens import RefreshingToken, Token, TokenFetchError
 
 from .transport import UrllibRequest
 

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
+from proxy import RegisterProvider
 from proxy.hookspecs import hookimpl
-from proxy.provider import Provider
 
 
 @hookimpl
-def register_providers(register: Callable[[str, type[Provider] | str], None]) -> None:
+def register_providers(register: RegisterProvider) -> None:
     # By reference: google-auth is imported only where a config uses `type: vertex`.
     register("vertex", "relaygate_vertex.provider:VertexProvider")

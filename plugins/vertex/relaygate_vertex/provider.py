@@ -15,11 +15,11 @@ from collections.abc import Mapping
 import aiohttp
 import orjson
 
-from proxy import fetch
+from proxy.config.options import Options
 from proxy.errors import GatewayError
-from proxy.openai_compat import OpenAICompatibleProvider
-from proxy.options import Options
 from proxy.types import CHAT, Call, ModelInfo, Target
+from proxy.upstream import images
+from proxy.upstream.openai_compat import OpenAICompatibleProvider
 
 from .auth import CLOUD_PLATFORM, DEFAULT_MARGIN, GoogleToken
 from .errors import vertex_error
@@ -67,14 +67,14 @@ class VertexProvider(OpenAICompatibleProvider):
 
         self.keep_params = frozenset(options.str_list("keep_params", []))
         self.fetch_images: bool = options.bool("fetch_images", True)
-        images = options.block("image_fetch")
-        self.image_max_bytes: int = images.int("max_bytes", fetch.DEFAULT_MAX_BYTES, minimum=1)
-        self.image_timeout: float = images.number("timeout", fetch.DEFAULT_TIMEOUT, minimum=0.1)
-        self.image_max_count: int = images.int("max_images", 16, minimum=1)
+        fetch = options.block("image_fetch")
+        self.image_max_bytes: int = fetch.int("max_bytes", images.DEFAULT_MAX_BYTES, minimum=1)
+        self.image_timeout: float = fetch.number("timeout", images.DEFAULT_TIMEOUT, minimum=0.1)
+        self.image_max_count: int = fetch.int("max_images", 16, minimum=1)
         #: Fetch from private and loopback addresses too. For tests against loopback fakes,
         #: or images deliberately served from a private network; never for the open internet.
-        self.image_allow_private: bool = images.bool("allow_private", False)
-        images.check_unused()
+        self.image_allow_private: bool = fetch.bool("allow_private", False)
+        fetch.check_unused()
         self._image_session: aiohttp.ClientSession | None = None
 
     def target_options(self, opts: Options) -> dict[str, object]:
@@ -150,7 +150,7 @@ class VertexProvider(OpenAICompatibleProvider):
 
     async def _fetch_image(self, url: str) -> tuple[bytes, str]:
         assert self._image_session is not None, "started with fetch_images"
-        return await fetch.fetch_image(
+        return await images.fetch_image(
             self._image_session,
             url,
             max_bytes=self.image_max_bytes,

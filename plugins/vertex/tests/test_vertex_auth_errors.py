@@ -17,7 +17,6 @@ from cryptography.hazmat.primitives import serialization
 from openapi_check import validate_error
 from vertex_support import CLIENT_KEY, HELLO, access_records, client_for, config
 
-from proxy.app import GATEWAY
 from proxy.testing import FakeServer, Gateway
 
 AZURE_KEY = "azure-upstream-key-0123456789"
@@ -25,7 +24,7 @@ AZURE_KEY = "azure-upstream-key-0123456789"
 
 def provider_of(gw: Gateway, name: str = "vertex"):  # type: ignore[no-untyped-def]
     assert gw.app is not None
-    return gw.app[GATEWAY].current.config.providers[name]
+    return gw.provider(name)
 
 
 async def test_fifty_concurrent_requests_across_expiry_share_one_refresh(google) -> None:

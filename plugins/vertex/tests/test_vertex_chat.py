@@ -12,7 +12,7 @@ from openapi_check import validate
 from relaygate_vertex.provider import VertexProvider, service_host
 from vertex_support import CLIENT_KEY, HELLO, client_for, config
 
-from proxy.options import Options
+from proxy.config.options import Options
 from proxy.testing import FakeServer, Gateway
 
 OPENAPI = "/v1beta1/projects/my-proj-123/locations/us-central1/endpoints/openapi/chat/completions"

@@ -16,19 +16,19 @@ from pathlib import Path
 
 from aiohttp import web
 
-from .errors import ConfigError, MethodNotAllowed, UnknownURL
-from .forward import Forwarder
-from .responses import error_response, request_id_of
+from ..errors import ConfigError, MethodNotAllowed, UnknownURL
+from ..types import CHAT, COMPLETIONS, EMBEDDINGS
+from .journey import Forwarder
+from .replies import error_response, request_id_of
 from .runtime import Runtime, load_runtime
-from .types import CHAT, COMPLETIONS, EMBEDDINGS
 
 log = logging.getLogger("relaygate")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-class Gateway:
-    """App state: the current runtime and how to reload it. Lives under `GATEWAY`."""
+class GatewayState:
+    """App state: the current runtime and how to reload it. Lives under `STATE`."""
 
     def __init__(self, config_path: str | Path, extra_plugins: Iterable[tuple[str, object]] = ()) -> None:
         self.config_path = str(config_path)
@@ -79,7 +79,7 @@ class Gateway:
             self.runtime = None
 
 
-GATEWAY = web.AppKey("gateway", Gateway)
+STATE = web.AppKey("gateway", GatewayState)
 
 
 # ---------------------------------------------------------------- app
@@ -105,8 +105,8 @@ def create_app(
 ) -> web.Application:
     """The gateway app. `runtime` is a pre-loaded config (the CLI validates before binding)."""
     app = web.Application(client_max_size=1 << 40)  # the body limit is checked per route, from config
-    gateway = Gateway(config_path, extra_plugins)
-    app[GATEWAY] = gateway
+    gateway = GatewayState(config_path, extra_plugins)
+    app[STATE] = gateway
     fwd = Forwarder(gateway)
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:

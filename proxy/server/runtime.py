@@ -16,19 +16,25 @@ from pathlib import Path
 
 import pluggy
 
-from .config import Config, Route, load_config, plugin_selection
-from .plugins import Chain, make_plugin_manager, provider_types
-from .types import Client, ModelInfo
+from ..config.load import Config, Document, Route, load_config, plugin_selection
+from ..plugins import make_plugin_manager, provider_types
+from ..types import Client, ModelInfo
+from .chain import Chain
 
 log = logging.getLogger("relaygate")
 
 
 def load_runtime(path: str | Path, extra_plugins: Iterable[tuple[str, object]] = ()) -> Runtime:
-    """Load plugins and config (blocking file and entry-point I/O; no network)."""
-    block, only = plugin_selection(path)
+    """Load plugins and config (blocking file and entry-point I/O; no network).
+
+    The file is read once: its `plugins:` block picks the plugins, whose provider types
+    then validate the same document's `providers:`.
+    """
+    doc = Document.read(path)
+    block, only = plugin_selection(doc)
     pm = make_plugin_manager(block=block, only=only, extra=extra_plugins)
     types, _ = provider_types(pm)
-    config = load_config(path, types)
+    config = load_config(doc, types)
     return Runtime(config=config, pm=pm, chain=Chain(pm))
 
 

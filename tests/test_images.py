@@ -12,9 +12,9 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from proxy import fetch
 from proxy.errors import InvalidRequest
-from proxy.fetch import fetch_image, is_public_address, sniff_image
+from proxy.upstream import images
+from proxy.upstream.images import fetch_image, is_public_address, sniff_image
 
 SEEN = web.AppKey("seen", list)
 Server = tuple[str, web.Application]
@@ -154,7 +154,7 @@ async def test_redirect_target_is_rechecked(
 ) -> None:
     """The first hop passes the guard; the redirect to the metadata address must not."""
     url, _ = server
-    monkeypatch.setattr(fetch, "is_public_address", lambda ip: str(ip) == "127.0.0.1")
+    monkeypatch.setattr(images, "is_public_address", lambda ip: str(ip) == "127.0.0.1")
     target = "http://169.254.169.254/latest/meta-data/iam/"
     with pytest.raises(InvalidRequest, match="private or reserved"):
         await fetch_image(session, f"{url}/redirect?to={target}", timeout=2)
@@ -221,7 +221,7 @@ async def test_next_address_tried_when_one_refuses(
     async def two_addresses(host: str, port: int, allow_private: bool) -> list[ipaddress.IPv4Address]:
         return [ipaddress.IPv4Address("127.0.0.2"), ipaddress.IPv4Address("127.0.0.1")]  # .2 is not listening
 
-    monkeypatch.setattr(fetch, "_resolve", two_addresses)
+    monkeypatch.setattr(images, "_resolve", two_addresses)
     data, _ = await fetch_image(session, url.replace("127.0.0.1", "images.test") + "/img.png")
     assert data == PNG
 

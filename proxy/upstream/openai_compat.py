@@ -17,15 +17,15 @@ from typing import Any
 
 import orjson
 
-from . import http1
-from .errors import (
+from ..config.options import Options
+from ..errors import (
     GatewayError,
     error_for_status,
 )
-from .options import Options
+from ..types import CHAT, COMPLETIONS, EMBEDDINGS, PASSTHROUGH, Call, ModelInfo, Reply, Target, Usage
+from . import lean
 from .provider import TRANSPORT_ERRORS, Provider
 from .sse import complete_events
-from .types import CHAT, COMPLETIONS, EMBEDDINGS, PASSTHROUGH, Call, ModelInfo, Reply, Target, Usage
 
 log = logging.getLogger("relaygate.upstream")
 
@@ -260,7 +260,7 @@ class OpenAICompatibleProvider(Provider):
                 return None
         return parse_usage(parsed.get("usage")) if isinstance(parsed, dict) else None
 
-    async def _relay_raw(self, resp: http1.Response) -> AsyncGenerator[bytes, None]:
+    async def _relay_raw(self, resp: lean.Response) -> AsyncGenerator[bytes, None]:
         ok = False
         try:
             async for data in resp.iter_chunks():
@@ -272,7 +272,7 @@ class OpenAICompatibleProvider(Provider):
             resp.release() if ok else resp.close()
 
     async def _relay_events(
-        self, call: Call, target: Target, resp: http1.Response
+        self, call: Call, target: Target, resp: lean.Response
     ) -> AsyncGenerator[bytes, None]:
         """Relay SSE bytes; only the rare block holding a usage object is parsed.
 

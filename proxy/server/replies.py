@@ -7,7 +7,7 @@ import re
 
 from aiohttp import web
 
-from .errors import GatewayError
+from ..errors import GatewayError
 
 _REQUEST_ID = re.compile(r"^[\w.:\-]{1,128}$")
 REQUEST_ID = web.RequestKey("request_id", str)

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import orjson
 from aiohttp import web
 
-from .errors import (
+from ..errors import (
     AuthenticationFailed,
     GatewayError,
     InvalidRequest,
@@ -27,13 +27,13 @@ from .errors import (
     UnknownURL,
     is_retryable,
 )
-from .request import check_body, parse_json, read_body
-from .responses import error_response, request_id_of
+from ..types import MODELS, PASSTHROUGH, Call, Client, Reply
+from .body import check_body, parse_json, read_body
+from .replies import error_response, request_id_of
 from .runtime import Runtime
-from .types import MODELS, PASSTHROUGH, Call, Client, Reply
 
 if TYPE_CHECKING:
-    from .app import Gateway
+    from .app import GatewayState
 
 log = logging.getLogger("relaygate")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -43,7 +43,7 @@ _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 class Forwarder:
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: GatewayState) -> None:
         self.gateway = gateway
 
     # -------------------------------------------------------------- handlers
@@ -91,7 +91,7 @@ class Forwarder:
             call.model, call.stream = check_body(endpoint, body)
             await self._authorize(runtime, call)
             await self._route(runtime, call)
-            await runtime.chain.each("rewrite_request", call)
+            await runtime.chain.rewrite_request(call)
             reply, first = await self._attempt(runtime, call)
             return await self._respond(request, call, reply, first)
 
@@ -116,11 +116,11 @@ class Forwarder:
             raise PermissionDenied(
                 f"The key '{client.name}' is limited to certain models and may not use /v1/{call.path}."
             )
-        targets = await runtime.chain.first("route", call)
+        targets = await runtime.chain.route(call)
         call.targets = [t for t in targets or () if t.provider.supports_passthrough]
         if not call.targets:
             raise UnknownURL(request.method, f"/v1/{call.path}")
-        await runtime.chain.each("rewrite_request", call)
+        await runtime.chain.rewrite_request(call)
         reply, first = await self._attempt(runtime, call)
         return await self._respond(request, call, reply, first)
 
@@ -152,7 +152,7 @@ class Forwarder:
     # -------------------------------------------------------------- stages
 
     async def _authorize(self, runtime: Runtime, call: Call) -> Client:
-        client = await runtime.chain.first("authenticate", call)
+        client = await runtime.chain.authenticate(call)
         if client is None:
             raise AuthenticationFailed("No plugin accepted the request's credentials.")
         call.client = client
@@ -163,7 +163,7 @@ class Forwarder:
         return client
 
     async def _route(self, runtime: Runtime, call: Call) -> None:
-        targets = await runtime.chain.first("route", call)
+        targets = await runtime.chain.route(call)
         if not targets:
             raise ModelNotFound(
                 f"The model '{call.model}' does not exist or you do not have access to it.", param="model"
@@ -182,7 +182,7 @@ class Forwarder:
         for i, target in enumerate(candidates):
             call.target = target
             try:
-                await runtime.chain.each("inject_guardrails", call, target)
+                await runtime.chain.inject_guardrails(call, target)
                 reply = await target.provider.send(call, target)
                 first = await _first_chunk(reply) if reply.stream is not None else None
                 return reply, first
@@ -254,7 +254,7 @@ class Forwarder:
 
     async def _log(self, runtime: Runtime, call: Call) -> None:
         try:
-            await runtime.chain.each("log_request", call)
+            await runtime.chain.log_request(call)
         except Exception:
             log.exception("log_request hook failed")
 

@@ -17,7 +17,7 @@ import logging
 import time
 from dataclasses import dataclass
 
-from .errors import UpstreamUnavailable
+from ..errors import UpstreamUnavailable
 
 log = logging.getLogger("relaygate.tokens")
 

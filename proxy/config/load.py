@@ -17,10 +17,10 @@ from typing import Any
 
 import yaml
 
-from .errors import ConfigError
+from ..errors import ConfigError
+from ..types import Guardrail
+from ..upstream.provider import Provider, ProviderRef, resolve_provider
 from .options import Locator, Options, format_path
-from .provider import Provider, ProviderRef, resolve_provider
-from .types import Guardrail
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmg]i?b?|b)?\s*$", re.IGNORECASE)
@@ -321,19 +321,34 @@ def _providers(raw: Any, root: Options, types: Mapping[str, ProviderRef], proble
 _TOP_KEYS = ("server", "clients", "providers", "routes", "plugins")
 
 
-def plugin_selection(path: str | Path) -> tuple[tuple[str, ...], tuple[str, ...] | None]:
+@dataclass(slots=True, frozen=True)
+class Document:
+    """One read of the config file: its data and where each key sits."""
+
+    path: str
+    data: dict[str, Any]
+    locate: Locator
+
+    @classmethod
+    def read(cls, path: str | Path) -> Document:
+        data, locate = read_yaml(path)
+        return cls(str(path), data, locate)
+
+
+def plugin_selection(doc: Document) -> tuple[tuple[str, ...], tuple[str, ...] | None]:
     """The `plugins: {block, only}` lists, read before plugins load (they pick which load)."""
-    data, locate = read_yaml(path)
-    opts = Options(data, (), locate).block("plugins")
+    opts = Options(doc.data, (), doc.locate).block("plugins")
     block = opts.str_list("block", [])
     only = opts.str_list("only", None)
     opts.check_unused()
     return tuple(block), tuple(only) if only is not None else None
 
 
-def load_config(path: str | Path, provider_types: Mapping[str, ProviderRef]) -> Config:
-    data, locate = read_yaml(path)
-    root = Options(data, (), locate)
+def load_config(source: str | Path | Document, provider_types: Mapping[str, ProviderRef]) -> Config:
+    """Validate every section of one read of the file (a path is read here)."""
+    doc = source if isinstance(source, Document) else Document.read(source)
+    data, path = doc.data, doc.path
+    root = Options(data, (), doc.locate)
     problems: list[str] = []
     for key in data:
         if key not in _TOP_KEYS:
@@ -352,11 +367,11 @@ def load_config(path: str | Path, provider_types: Mapping[str, ProviderRef]) -> 
     clients = section(_clients, root.block("clients"), problems) if data.get("clients") is not None else None
     providers = section(_providers, data.get("providers"), root, provider_types, problems) or {}
     routes = section(_routes, data.get("routes"), root, providers, problems) or ()
-    selection = section(plugin_selection, path) or ((), None)
+    selection = section(plugin_selection, doc) or ((), None)
     if problems:
         raise ConfigError(problems)
     config = Config(
-        path=str(path),
+        path=path,
         server=server,
         clients=clients,
         providers=providers,

@@ -1,4 +1,4 @@
-"""`proxy.http1` against raw loopback servers that speak exact bytes.
+"""`proxy.upstream.lean` against raw loopback servers that speak exact bytes.
 
 Every test runs twice: on asyncio's own loop and on uvloop (what `serve` runs on), since
 the client leans on transport behaviour (pause_reading, abort, connection_lost order).
@@ -26,8 +26,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from proxy import http1
-from proxy.http1 import (
+from proxy.upstream import lean
+from proxy.upstream.lean import (
     ConnectFailed,
     ConnectionClosed,
     ConnectTimeout,
@@ -431,15 +431,15 @@ async def test_a_request_cancelled_while_connecting_frees_its_slot_once(monkeypa
             writer.write(OK)
 
     async with Server(handler) as srv, Pool(srv.origin, limit=1) as pool:
-        made = http1._Connection.connection_made
+        made = lean._Connection.connection_made
         task: asyncio.Task[bytes] | None = None
 
-        def made_then_cancel(self: http1._Connection, transport: asyncio.BaseTransport) -> None:
+        def made_then_cancel(self: lean._Connection, transport: asyncio.BaseTransport) -> None:
             made(self, transport)
             assert task is not None
             task.cancel()
 
-        monkeypatch.setattr(http1._Connection, "connection_made", made_then_cancel)
+        monkeypatch.setattr(lean._Connection, "connection_made", made_then_cancel)
         task = asyncio.create_task(get(pool))
         with pytest.raises(asyncio.CancelledError):
             await task

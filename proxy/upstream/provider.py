@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import aiohttp
 
-from . import http1
-from .errors import (
+from ..config.options import Options
+from ..errors import (
     ConfigError,
     GatewayError,
     InvalidRequest,
@@ -23,18 +23,22 @@ from .errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from .options import Options
-from .types import CHAT, COMPLETIONS, EMBEDDINGS, Call, ModelInfo, Reply, Target
+from ..types import CHAT, COMPLETIONS, EMBEDDINGS, Call, ModelInfo, Reply, Target
+from . import lean
 
 #: What a failed upstream exchange raises, from either client.
-TRANSPORT_ERRORS = (aiohttp.ClientError, http1.HTTPClientError, asyncio.TimeoutError)
+TRANSPORT_ERRORS = (aiohttp.ClientError, lean.HTTPClientError, asyncio.TimeoutError)
 
 #: Either client's response: `read()`, then `release()` (reusable) or `close()`.
-UpstreamResponse = aiohttp.ClientResponse | http1.Response
+UpstreamResponse = aiohttp.ClientResponse | lean.Response
 
 #: What `register` takes: the class, or "module:Class" to import only when a config uses
 #: the type (so a plugin with a heavy SDK costs nothing where it is not configured).
 ProviderRef = type["Provider"] | str
+
+#: The callback a plugin's `register_providers(register)` hook receives:
+#: ``register("bedrock", BedrockProvider)`` or ``register("bedrock", "pkg.mod:BedrockProvider")``.
+RegisterProvider = Callable[[str, ProviderRef], None]
 
 
 def resolve_provider(kind: str, ref: ProviderRef) -> type[Provider]:
@@ -71,7 +75,7 @@ class Provider:
     #: Whether `start` opens `self.http`, the lean keep-alive client of the hot path.
     uses_http: bool = False
     _session: aiohttp.ClientSession | None = None
-    _http: http1.HTTPClient | None = None
+    _http: lean.HTTPClient | None = None
 
     def __init__(self, name: str, options: Options) -> None:
         self.name = name
@@ -109,7 +113,7 @@ class Provider:
             self._session = None
 
     @property
-    def http(self) -> http1.HTTPClient:
+    def http(self) -> lean.HTTPClient:
         """The pooled keep-alive client (`uses_http`), open between start and close."""
         if self._http is None:
             raise UpstreamUnavailable(f"provider {self.name!r} is not started")
@@ -143,7 +147,7 @@ class Provider:
         """The domain error for a failure to talk to the upstream at all (all retryable)."""
         if isinstance(exc, asyncio.TimeoutError):
             return UpstreamTimeout(f"provider {self.name!r} timed out")
-        if isinstance(exc, (aiohttp.ClientConnectorError, http1.ConnectFailed)):
+        if isinstance(exc, (aiohttp.ClientConnectorError, lean.ConnectFailed)):
             return UpstreamUnavailable(f"cannot connect to provider {self.name!r}")
         return UpstreamError(f"provider {self.name!r} failed: {type(exc).__name__}")
 
@@ -176,7 +180,7 @@ class Provider:
 
     async def request(
         self, method: str, url: str, headers: Iterable[tuple[str, str]], body: bytes | None = None
-    ) -> http1.Response:
+    ) -> lean.Response:
         """`self.http.request`, with failures turned into what the core's fallbacks understand."""
         try:
             return await self.http.request(method, url, headers, body)
@@ -185,9 +189,9 @@ class Provider:
         except TRANSPORT_ERRORS as exc:
             raise self.transport_error(exc) from exc
 
-    def new_http_client(self) -> http1.HTTPClient:
+    def new_http_client(self) -> lean.HTTPClient:
         """The lean keep-alive client with this provider's limits and timeouts."""
-        return http1.HTTPClient(
+        return lean.HTTPClient(
             limit=self.max_connections, connect_timeout=self.connect_timeout, read_timeout=self.read_timeout
         )
 

@@ -11,8 +11,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from .errors import InvalidRequest, PayloadTooLarge
-from .types import CHAT, COMPLETIONS, EMBEDDINGS
+from ..errors import InvalidRequest, PayloadTooLarge
+from ..types import CHAT, COMPLETIONS, EMBEDDINGS
 
 _CHUNK = 1 << 16
 

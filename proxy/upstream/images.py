@@ -18,7 +18,7 @@ import socket
 import aiohttp
 from yarl import URL
 
-from .errors import InvalidRequest
+from ..errors import InvalidRequest
 
 MAX_REDIRECTS = 3
 DEFAULT_MAX_BYTES = 5 * 1024 * 1024

@@ -1,0 +1,1 @@
+"""The aiohttp app and the journey of one request through the hook chain."""

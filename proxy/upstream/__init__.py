@@ -1,0 +1,1 @@
+"""The upstream seam: the provider contract, and the HTTP machinery providers compose."""
