@@ -205,3 +205,80 @@ class Gateway(FakeServer):
             else:
                 os.environ[key] = value
         self._tmp.cleanup()
+
+
+# ---------------------------------------------------------------- real servers
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago (the server that binds it may still race)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+class RedisServer:
+    """A private `redis-server` on a free loopback port, in a temporary directory.
+
+    The tests of shared state run against the real server, never a mock. A missing
+    `redis-server` raises (`.ci/setup --test` installs it): in CI that is a failure,
+    not a skip. `stop()` and `start()` again (same port) model an outage.
+    """
+
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        self.host = host
+        self.port = free_port(host)
+        self._dir = tempfile.TemporaryDirectory(prefix="relaygate-redis-")
+        self._proc: Any = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://{self.host}:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        import shutil
+        import socket
+        import subprocess
+
+        exe = shutil.which("redis-server")
+        if exe is None:
+            raise RuntimeError("redis-server is not installed; run `bash .ci/setup --test`")
+        args = [
+            exe, "--port", str(self.port), "--bind", self.host, "--save", "", "--appendonly", "no",
+            "--dir", self._dir.name, "--daemonize", "no", "--protected-mode", "no", "--loglevel", "warning",
+        ]  # fmt: skip
+        self._proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited: {self._proc.stderr.read().decode(errors='replace')}")
+            try:
+                with socket.create_connection((self.host, self.port), timeout=0.2) as sock:
+                    sock.sendall(b"PING\r\n")
+                    if sock.recv(16).startswith(b"+PONG"):
+                        return self
+            except OSError:
+                time.sleep(0.02)
+        self.stop()
+        raise RuntimeError(f"redis-server did not answer on port {self.port} within 10 s")
+
+    def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(5)
+            except Exception:
+                proc.kill()
+                proc.wait(5)
+        if proc is not None and proc.stderr is not None:
+            proc.stderr.close()
+
+    def __enter__(self) -> RedisServer:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+        self._dir.cleanup()

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 CHAT = "chat/completions"
 COMPLETIONS = "completions"
 EMBEDDINGS = "embeddings"
+RESPONSES = "responses"
 MODELS = "models"
 PASSTHROUGH = "passthrough"
 MODEL_ENDPOINTS = frozenset({CHAT, COMPLETIONS, EMBEDDINGS})

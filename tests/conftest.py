@@ -18,7 +18,14 @@ if str(TESTS) not in sys.path:  # `fakes` (a namespace package), `openapi_check`
 from core_helpers import CLIENT_KEY, ENV, UPSTREAM_KEY, config_yaml  # noqa: E402
 from fakes.openai_upstream import FakeOpenAI  # noqa: E402
 
-from proxy.testing import FakeServer, Gateway  # noqa: E402
+from proxy.testing import FakeServer, Gateway, RedisServer  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    """A private redis-server for the whole run (a missing binary fails, never skips)."""
+    with RedisServer() as server:
+        yield server
 
 
 @pytest.fixture

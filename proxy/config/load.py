@@ -64,6 +64,14 @@ class ServerSettings:
     log_level: str = "INFO"
 
 
+@dataclass(slots=True, frozen=True)
+class StateSettings:
+    """`state:`: where shared state lives (DESIGN §4 "Shared state")."""
+
+    redis: str | None = None  # None: in process (one process only)
+    on_error: str = "allow"  # allow | deny, when Redis cannot be reached
+
+
 @dataclass(slots=True)
 class Config:
     path: str
@@ -71,6 +79,7 @@ class Config:
     clients: tuple[ClientKey, ...] | None  # None: open gateway
     providers: dict[str, Provider]
     routes: tuple[Route, ...]
+    state: StateSettings = field(default_factory=StateSettings)
     plugins_block: tuple[str, ...] = ()
     plugins_only: tuple[str, ...] | None = None
     keys_by_digest: dict[bytes, ClientKey] = field(default_factory=dict)
@@ -184,6 +193,22 @@ def _server(opts: Options) -> ServerSettings:
     s.log_level = opts.str("log_level", s.log_level, choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     opts.check_unused()
     return s
+
+
+_REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
+def _state(opts: Options) -> StateSettings:
+    url = opts.str("redis", None)
+    if url is not None:
+        scheme = url.partition("://")[0].lower()
+        if scheme not in _REDIS_SCHEMES or "://" not in url:
+            raise opts.error("redis", "expected a Redis URL: redis://HOST:PORT/DB, rediss://… (TLS) or unix:///path")
+    on_error = opts.str("on_error", "allow").lower()
+    if on_error not in ("allow", "deny"):
+        raise opts.error("on_error", f"expected allow or deny, got {opts.raw('on_error')!r}")
+    opts.check_unused()
+    return StateSettings(url, on_error)
 
 
 def _clients(opts: Options, problems: list[str]) -> tuple[ClientKey, ...]:
@@ -318,7 +343,7 @@ def _providers(raw: Any, root: Options, types: Mapping[str, ProviderRef], proble
     return providers
 
 
-_TOP_KEYS = ("server", "clients", "providers", "routes", "plugins")
+_TOP_KEYS = ("server", "clients", "providers", "routes", "state", "plugins")
 
 
 @dataclass(slots=True, frozen=True)
@@ -364,6 +389,7 @@ def load_config(source: str | Path | Document, provider_types: Mapping[str, Prov
             return None
 
     server = section(_server, root.block("server")) or ServerSettings()
+    state = section(_state, root.block("state")) or StateSettings()
     clients = section(_clients, root.block("clients"), problems) if data.get("clients") is not None else None
     providers = section(_providers, data.get("providers"), root, provider_types, problems) or {}
     routes = section(_routes, data.get("routes"), root, providers, problems) or ()
@@ -376,6 +402,7 @@ def load_config(source: str | Path | Document, provider_types: Mapping[str, Prov
         clients=clients,
         providers=providers,
         routes=routes,
+        state=state,
         plugins_block=selection[0],
         plugins_only=selection[1],
     )

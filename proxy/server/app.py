@@ -56,7 +56,7 @@ class GatewayState:
         async with self._reload_lock:
             try:
                 runtime = await asyncio.to_thread(load_runtime, self.config_path, self.extra_plugins)
-                await runtime.start()
+                await runtime.start(previous=self.runtime)
             except ConfigError as exc:
                 log.error("reload of %s refused, keeping the running config:\n%s", self.config_path, exc)
                 return False
@@ -66,6 +66,7 @@ class GatewayState:
             old, self.runtime = self.runtime, runtime
             log.info("reloaded %s", self.config_path)
             if old is not None:
+                runtime.took_over(old)
                 task = asyncio.create_task(old.retire())
                 self._retiring.add(task)
                 task.add_done_callback(self._retiring.discard)

@@ -27,7 +27,7 @@ from ..errors import (
     UnknownURL,
     is_retryable,
 )
-from ..types import MODELS, PASSTHROUGH, Call, Client, Reply
+from ..types import MODELS, PASSTHROUGH, Call, Client, Reply, Target
 from .body import check_body, parse_json, read_body
 from .replies import error_response, request_id_of
 from .runtime import Runtime
@@ -38,6 +38,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("relaygate")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Work = Callable[[web.Request, Runtime, Call], Awaitable[web.StreamResponse]]
+#: One upstream attempt: `provider.send` itself, or what wraps it (a translation, a span).
+Send = Callable[[Call, Target], Awaitable[Reply]]
+
+
+async def send_to_provider(call: Call, target: Target) -> Reply:
+    """The plain attempt: the target's provider sends the call as it is."""
+    return await target.provider.send(call, target)
 
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
@@ -170,7 +177,9 @@ class Forwarder:
             )
         call.targets = targets
 
-    async def _attempt(self, runtime: Runtime, call: Call) -> tuple[Reply, bytes | None]:
+    async def _attempt(
+        self, runtime: Runtime, call: Call, send: Send = send_to_provider
+    ) -> tuple[Reply, bytes | None]:
         candidates = [t for t in call.targets if call.endpoint in t.provider.endpoints]
         if not candidates:
             raise InvalidRequest(
@@ -183,7 +192,7 @@ class Forwarder:
             call.target = target
             try:
                 await runtime.chain.inject_guardrails(call, target)
-                reply = await target.provider.send(call, target)
+                reply = await send(call, target)
                 first = await _first_chunk(reply) if reply.stream is not None else None
                 return reply, first
             except GatewayError as exc:

@@ -18,6 +18,7 @@ import pluggy
 
 from ..config.load import Config, Document, Route, load_config, plugin_selection
 from ..plugins import make_plugin_manager, provider_types
+from ..state import MemoryStore, Store, open_store
 from ..types import Client, ModelInfo
 from .chain import Chain
 
@@ -45,11 +46,27 @@ class Runtime:
     chain: Chain
     inflight: int = 0
     retired: bool = False
+    #: Shared state (limits, budgets, stored responses); set by `start`.
+    state: Store = field(default_factory=MemoryStore)
+    #: Whether `close` closes `state` (false while a runtime that carried it over lives on).
+    owns_state: bool = True
     _drained: asyncio.Event = field(default_factory=asyncio.Event)
 
     # -------------------------------------------------------------- lifecycle
 
-    async def start(self) -> None:
+    async def start(self, previous: Runtime | None = None) -> None:
+        """Start providers; take over `previous`'s store while `state.redis` is unchanged.
+
+        Ownership of a carried-over store moves only in `took_over`, once this runtime
+        serves: a reload that fails to start leaves the running one as it was.
+        """
+        settings = self.config.state
+        if previous is not None and previous.config.state.redis == settings.redis:
+            self.state = previous.state
+            self.owns_state = False
+        else:
+            self.state = open_store(settings.redis, settings.on_error)  # type: ignore[arg-type]
+            self.owns_state = True
         started = []
         try:
             for provider in self.config.providers.values():
@@ -58,7 +75,16 @@ class Runtime:
         except BaseException:
             for provider in reversed(started):
                 await provider.close()
+            if self.owns_state:
+                await self.state.close()
             raise
+
+    def took_over(self, previous: Runtime) -> None:
+        """This runtime now serves in place of `previous`: a shared store is ours to close."""
+        if self.state is previous.state:
+            self.state.on_error = self.config.state.on_error  # type: ignore[assignment]
+            previous.owns_state = False
+            self.owns_state = True
 
     async def close(self) -> None:
         for provider in self.config.providers.values():
@@ -66,6 +92,8 @@ class Runtime:
                 await provider.close()
             except Exception:  # one provider's failure must not leak the others' pools
                 log.exception("closing provider %s failed", provider.name)
+        if self.owns_state:
+            await self.state.close()
 
     def enter(self) -> None:
         self.inflight += 1

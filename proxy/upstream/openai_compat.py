@@ -158,7 +158,7 @@ class OpenAICompatibleProvider(Provider):
                 extra["retry-after"] = retry
         if not message:
             message = f"provider {self.name!r} answered HTTP {status}"
-        return error_for_status(status, message, param=param, code=code, error_type=etype, headers=extra)
+        return error_for_status(status, message, param=param, code=code, wire_type=etype, headers=extra)
 
     # -------------------------------------------------------------- models
 

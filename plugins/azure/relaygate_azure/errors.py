@@ -119,5 +119,5 @@ def azure_error(provider: str, status: int, body: bytes, headers: Mapping[str, s
         message or f"provider {provider!r} answered HTTP {status}",
         param=param,
         code=code,
-        error_type=etype,
+        wire_type=etype,
     )
