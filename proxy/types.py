@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from multidict import CIMultiDictProxy
 
     from .config.load import Config, Route
+    from .errors import ErrorType
     from .upstream.provider import Provider
 
 # Endpoint names: what the client asked for, independent of the URL it used.
@@ -94,6 +95,23 @@ class Target:
 
 
 @dataclass(slots=True)
+class Attempt:
+    """One try of one target: what the log, the metrics and the traces report per attempt.
+
+    A fallback is a new target's first attempt; a retry is another attempt on the same
+    target (`retry` counts them from 0).
+    """
+
+    provider: str
+    model: str
+    retry: int = 0
+    started: float = field(default_factory=time.perf_counter)
+    ended: float | None = None
+    status: int = 0  # the upstream's status (or the mapped error's); 0 before an answer
+    error_type: ErrorType | None = None  # None: it succeeded (or is still running)
+
+
+@dataclass(slots=True)
 class Reply:
     """What a provider hands back: a whole JSON body, or a stream of SSE bytes.
 
@@ -133,7 +151,9 @@ class Call:
     status: int = 0
     usage: Usage | None = None
     fallbacks: list[str] = field(default_factory=list)  # "provider: reason" per failed attempt
-    error: str | None = None
+    attempts: list[Attempt] = field(default_factory=list)  # every try, in order
+    error: str | None = None  # the error's code (or OpenAI type) for the access log
+    error_type: ErrorType | None = None  # the closed set of proxy.errors; None on success
     body_dirty: bool = False
 
     @property

@@ -18,6 +18,7 @@ import orjson
 from aiohttp import web
 
 from ..errors import (
+    CLIENT_DISCONNECTED,
     AuthenticationFailed,
     GatewayError,
     InvalidRequest,
@@ -27,7 +28,7 @@ from ..errors import (
     UnknownURL,
     is_retryable,
 )
-from ..types import MODELS, PASSTHROUGH, Call, Client, Reply, Target
+from ..types import MODELS, PASSTHROUGH, Attempt, Call, Client, Reply, Target
 from .body import check_body, parse_json, read_body
 from .replies import error_response, request_id_of
 from .runtime import Runtime
@@ -74,6 +75,7 @@ class Forwarder:
                 return await self._fail(request, call, exc)
             except asyncio.CancelledError:
                 call.error = call.error or "client_disconnected"
+                call.error_type = call.error_type or CLIENT_DISCONNECTED
                 call.status = call.status or 499
                 raise
             except Exception:
@@ -190,12 +192,19 @@ class Forwarder:
         last = len(candidates) - 1
         for i, target in enumerate(candidates):
             call.target = target
+            attempt = Attempt(target.provider_name, target.model)
+            call.attempts.append(attempt)
             try:
                 await runtime.chain.inject_guardrails(call, target)
                 reply = await send(call, target)
                 first = await _first_chunk(reply) if reply.stream is not None else None
+                attempt.ended = time.perf_counter()
+                attempt.status = reply.status
                 return reply, first
             except GatewayError as exc:
+                attempt.ended = time.perf_counter()
+                attempt.status = exc.status
+                attempt.error_type = exc.error_type
                 if i == last or not is_retryable(exc):
                     raise
                 call.fallbacks.append(f"{target.provider_name}: HTTP {exc.status} {exc.code or exc.type}")
@@ -234,9 +243,11 @@ class Forwarder:
         except ConnectionResetError:
             # The client left: closing the stream (below) closes the upstream request.
             call.error = "client_disconnected"
+            call.error_type = CLIENT_DISCONNECTED
             return sresp
         except asyncio.CancelledError:
             call.error = "client_disconnected"
+            call.error_type = CLIENT_DISCONNECTED
             raise
         except Exception as exc:
             err = exc if isinstance(exc, GatewayError) else None
@@ -244,6 +255,7 @@ class Forwarder:
                 log.exception("request %s: stream failed", call.request_id)
                 err = GatewayError("The stream failed in the gateway.", code="internal_error")
             call.error = err.code or err.type
+            call.error_type = err.error_type
             log.warning("request %s: stream failed after it started: %s", call.request_id, err.message)
             if is_sse:
                 with contextlib.suppress(ConnectionResetError):
@@ -259,6 +271,7 @@ class Forwarder:
     async def _fail(self, request: web.Request, call: Call, exc: GatewayError) -> web.StreamResponse:
         call.status = exc.status
         call.error = exc.code or exc.type
+        call.error_type = exc.error_type
         return await _send(request, error_response(exc, call.request_id), call)
 
     async def _log(self, runtime: Runtime, call: Call) -> None:
@@ -278,6 +291,7 @@ async def _send(request: web.Request, resp: web.Response, call: Call) -> web.Res
         # The client left. Returning the response lets aiohttp finish quietly instead
         # of logging a 500 that nobody would receive.
         call.error = "client_disconnected"
+        call.error_type = CLIENT_DISCONNECTED
     return resp
 
 
