@@ -152,6 +152,11 @@ class Call:
     usage: Usage | None = None
     fallbacks: list[str] = field(default_factory=list)  # "provider: reason" per failed attempt
     attempts: list[Attempt] = field(default_factory=list)  # every try, in order
+    #: Every limit that said no, as (scope, kind): ("key"|"route"|"provider",
+    #: "requests"|"tokens"|"concurrency"|"budget"); a full provider quota that moved the
+    #: request to another target is here although the request went on.
+    rejections: list[tuple[str, str]] = field(default_factory=list)
+    cost_usd: float | None = None  # from the route's price, once the usage is known
     error: str | None = None  # the error's code (or OpenAI type) for the access log
     error_type: ErrorType | None = None  # the closed set of proxy.errors; None on success
     body_dirty: bool = False
