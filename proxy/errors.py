@@ -233,6 +233,18 @@ class UpstreamCapacityExceeded(GatewayError):
     error_type = "upstream_capacity"
 
 
+# ---------------------------------------------------------------- the gateway itself
+
+
+class ShuttingDown(GatewayError):
+    """The gateway stopped before the request finished: the drain's `server.shutdown_grace` ran out."""
+
+    status = 503
+    type = "server_error"
+    default_code = "gateway_shutting_down"
+    error_type = "gateway_internal"
+
+
 _BY_STATUS: dict[int, type[GatewayError]] = {
     400: InvalidRequest,
     401: AuthenticationFailed,
@@ -285,6 +297,17 @@ def upstream_error_type(status: int) -> ErrorType:
     if status >= 500:
         return "upstream_error"
     return "upstream_bad_request"
+
+
+def as_upstream(err: GatewayError) -> GatewayError:
+    """Count `err` as the upstream's answer it was made from (by its status).
+
+    For providers that build a client-side class from an upstream answer (a Bedrock
+    `ValidationException` is an `InvalidRequest`): the client sees the same error, the
+    metrics see `upstream_bad_request` rather than `client_bad_request`.
+    """
+    err.error_type = upstream_error_type(err.status)
+    return err
 
 
 def is_retryable(exc: BaseException) -> bool:

@@ -11,7 +11,8 @@ from fakes.openai_upstream import Behaviour, FakeOpenAI
 from proxy.testing import Gateway
 
 FIELDS = {"ts", "request_id", "client", "method", "route", "model", "provider", "upstream_model", "stream",
-          "status", "latency_ms", "ttfb_ms", "tokens_in", "tokens_out", "fallbacks", "error"}
+          "status", "latency_ms", "ttfb_ms", "tokens_in", "tokens_out", "fallbacks", "error",
+          "error_type"}
 SECRET_PROMPT = "the launch code is 0000-swordfish"
 
 
@@ -25,6 +26,7 @@ def test_success_record(client: openai.OpenAI, gw: Gateway) -> None:
     assert record["route"] == "/v1/chat/completions" and record["model"] == "gpt-4o"
     assert record["provider"] == "up" and record["upstream_model"] == "gpt-4o"
     assert record["status"] == 200 and record["error"] is None and record["fallbacks"] == []
+    assert record["error_type"] is None
     assert record["tokens_in"] == 5 and record["tokens_out"] == 6
     assert 0 < record["ttfb_ms"] <= record["latency_ms"]
     assert SECRET_PROMPT not in gw.log_text and "swordfish" not in gw.log_text
@@ -45,20 +47,21 @@ def test_embeddings_and_passthrough_records(gw: Gateway) -> None:
 
 
 @pytest.mark.parametrize(
-    ("request_kwargs", "status", "error"),
+    ("request_kwargs", "status", "error", "error_type"),
     [
-        ({"key": None}, 401, "missing_api_key"),
-        ({"key": "sk-nope"}, 401, "invalid_api_key"),
-        ({"body": b"{nope"}, 400, "invalid_json"),
+        ({"key": None}, 401, "missing_api_key", "client_auth"),
+        ({"key": "sk-nope"}, 401, "invalid_api_key", "client_auth"),
+        ({"body": b"{nope"}, 400, "invalid_json", "client_bad_request"),
     ],
 )
-def test_refused_requests_are_logged(request_kwargs: dict, status: int, error: str, gw: Gateway) -> None:
+def test_refused_requests_are_logged(request_kwargs: dict, status: int, error: str, error_type: str,
+                                     gw: Gateway) -> None:
     body = request_kwargs.pop("body", orjson.dumps({"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}]}))
     resp = raw("POST", f"{gw.base_url}/chat/completions", body, headers={"x-request-id": "log-bad"},
                **request_kwargs)
     assert resp.status == status
     record = access_record(gw, "log-bad")
-    assert record["status"] == status and record["error"] == error
+    assert record["status"] == status and record["error"] == error and record["error_type"] == error_type
     if status == 401:
         assert record["client"] is None
     assert "sk-nope" not in gw.log_text
@@ -70,6 +73,7 @@ def test_upstream_failure_record(gw: Gateway, upstream: FakeOpenAI) -> None:
               headers={"x-request-id": "log-500"})
     record = access_record(gw, "log-500")
     assert record["status"] == 500 and record["provider"] == "up" and record["error"]
+    assert record["error_type"] == "upstream_error"
     assert record["tokens_in"] is None
 
 

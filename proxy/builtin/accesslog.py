@@ -43,6 +43,7 @@ def log_request(call: Call) -> None:
         "tokens_out": usage.completion_tokens if usage else None,
         "fallbacks": call.fallbacks,
         "error": call.error,
+        "error_type": call.error_type,  # the closed set of proxy.errors, as the metrics count it
     }
     line = orjson.dumps(record)
     handlers = log.handlers

@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from proxy.errors import GatewayError, InvalidRequest, ModelNotFound, RateLimited, error_for_status
+from proxy.errors import GatewayError, InvalidRequest, ModelNotFound, RateLimited, as_upstream, error_for_status
 
 
 class ContentFiltered(InvalidRequest):
@@ -76,6 +76,11 @@ def retry_after_seconds(headers: Mapping[str, str]) -> str | None:
 
 
 def azure_error(provider: str, status: int, body: bytes, headers: Mapping[str, str]) -> GatewayError:
+    """Azure's error answer as the client sees it, counted as the upstream's (`upstream_*`)."""
+    return as_upstream(_azure_error(provider, status, body, headers))
+
+
+def _azure_error(provider: str, status: int, body: bytes, headers: Mapping[str, str]) -> GatewayError:
     err = _error_object(body)
     message = _text(err, "message")
     code = _text(err, "code")

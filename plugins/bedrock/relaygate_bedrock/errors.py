@@ -22,6 +22,7 @@ from proxy.errors import (
     UpstreamError,
     UpstreamTimeout,
     UpstreamUnavailable,
+    as_upstream,
 )
 
 #: Bedrock error name → (error class, HTTP status the client sees).
@@ -93,7 +94,8 @@ def bedrock_error(provider: str, name: str | None, message: str | None, status: 
     else:
         text = f"provider {provider!r}: Bedrock {key or 'error'}" + (f": {message}" if message else "")
     code = _CODES.get(cls) or (key[:1].lower() + key[1:] if key else None)
-    return cls(text, status=out_status, code=code)
+    # Bedrock's answer, whatever class renders it: counted as upstream_bad_request, not client_*.
+    return as_upstream(cls(text, status=out_status, code=code))
 
 
 def error_from_response(provider: str, status: int, body: bytes, headers: Mapping[str, str]) -> GatewayError:
