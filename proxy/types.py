@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
     from .config.load import Config, Route
     from .errors import ErrorType
+    from .telemetry.tracing import CallTrace
     from .upstream.provider import Provider
 
 # Endpoint names: what the client asked for, independent of the URL it used.
@@ -160,6 +161,7 @@ class Call:
     error: str | None = None  # the error's code (or OpenAI type) for the access log
     error_type: ErrorType | None = None  # the closed set of proxy.errors; None on success
     body_dirty: bool = False
+    trace: CallTrace | None = None  # the request's spans, when `telemetry.otlp` is set
 
     @property
     def include_usage(self) -> bool:

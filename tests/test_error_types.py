@@ -8,7 +8,6 @@ is counted as `upstream_*` whichever class renders it to the client.
 
 from __future__ import annotations
 
-import asyncio
 import importlib
 import pkgutil
 from collections.abc import Iterator
@@ -114,7 +113,7 @@ def test_openai_compatible_answers(status: int) -> None:
 def test_transport_failures_are_upstream() -> None:
     provider = _openai_provider()
     got = {
-        provider.transport_error(asyncio.TimeoutError()).error_type,
+        provider.transport_error(TimeoutError()).error_type,
         provider.transport_error(lean.ConnectFailed("refused")).error_type,
         provider.transport_error(aiohttp.ServerDisconnectedError()).error_type,
     }
@@ -143,7 +142,8 @@ def test_azure_answers_count_as_upstream() -> None:
     bodies = [
         b"",
         b'{"error": {"code": "DeploymentNotFound", "message": "m"}}',
-        b'{"error": {"code": "content_filter", "message": "m", "innererror": {"code": "ResponsibleAIPolicyViolation"}}}',
+        b'{"error": {"code": "content_filter", "message": "m",'
+        b' "innererror": {"code": "ResponsibleAIPolicyViolation"}}}',
         b'{"statusCode": 401, "message": "m"}',
         b'{"error": {"code": "429", "message": "m"}}',
     ]

@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from ..errors import ConfigError
+from ..telemetry.settings import TelemetrySettings, parse_telemetry
 from ..types import Guardrail
 from ..upstream.provider import Provider, ProviderRef, resolve_provider
 from .options import Locator, Options, format_path
@@ -62,6 +63,8 @@ class ServerSettings:
     port: int = 8080
     max_body_size: int = 16 * 1024 * 1024
     log_level: str = "INFO"
+    drain_delay: float = 0.0  # seconds new requests are still served after SIGTERM (readiness already 503)
+    shutdown_grace: float = 30.0  # seconds requests in flight may take to finish once the listener closed
 
 
 @dataclass(slots=True, frozen=True)
@@ -80,6 +83,7 @@ class Config:
     providers: dict[str, Provider]
     routes: tuple[Route, ...]
     state: StateSettings = field(default_factory=StateSettings)
+    telemetry: TelemetrySettings = field(default_factory=TelemetrySettings)
     plugins_block: tuple[str, ...] = ()
     plugins_only: tuple[str, ...] | None = None
     keys_by_digest: dict[bytes, ClientKey] = field(default_factory=dict)
@@ -191,6 +195,8 @@ def _server(opts: Options) -> ServerSettings:
     s.port = opts.int("port", s.port)
     s.max_body_size = parse_size(opts, "max_body_size", s.max_body_size)
     s.log_level = opts.str("log_level", s.log_level, choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    s.drain_delay = float(opts.number("drain_delay", s.drain_delay))
+    s.shutdown_grace = float(opts.number("shutdown_grace", s.shutdown_grace))
     opts.check_unused()
     return s
 
@@ -343,7 +349,7 @@ def _providers(raw: Any, root: Options, types: Mapping[str, ProviderRef], proble
     return providers
 
 
-_TOP_KEYS = ("server", "clients", "providers", "routes", "state", "plugins")
+_TOP_KEYS = ("server", "clients", "providers", "routes", "state", "telemetry", "plugins")
 
 
 @dataclass(slots=True, frozen=True)
@@ -390,6 +396,7 @@ def load_config(source: str | Path | Document, provider_types: Mapping[str, Prov
 
     server = section(_server, root.block("server")) or ServerSettings()
     state = section(_state, root.block("state")) or StateSettings()
+    telemetry = section(parse_telemetry, root.block("telemetry")) or TelemetrySettings()
     clients = section(_clients, root.block("clients"), problems) if data.get("clients") is not None else None
     providers = section(_providers, data.get("providers"), root, provider_types, problems) or {}
     routes = section(_routes, data.get("routes"), root, providers, problems) or ()
@@ -403,6 +410,7 @@ def load_config(source: str | Path | Document, provider_types: Mapping[str, Prov
         providers=providers,
         routes=routes,
         state=state,
+        telemetry=telemetry,
         plugins_block=selection[0],
         plugins_only=selection[1],
     )

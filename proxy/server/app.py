@@ -17,7 +17,9 @@ from pathlib import Path
 from aiohttp import web
 
 from ..errors import ConfigError, MethodNotAllowed, UnknownURL
+from ..telemetry import Telemetry
 from ..types import CHAT, COMPLETIONS, EMBEDDINGS
+from . import operations
 from .journey import Forwarder
 from .replies import error_response, request_id_of
 from .runtime import Runtime, load_runtime
@@ -36,6 +38,8 @@ class GatewayState:
         self.runtime: Runtime | None = None
         self._reload_lock = asyncio.Lock()
         self._retiring: set[asyncio.Task[None]] = set()
+        self.drain = operations.Drain()
+        self.telemetry = Telemetry(self.drain.count)
 
     @property
     def current(self) -> Runtime:
@@ -46,37 +50,60 @@ class GatewayState:
         runtime = preloaded
         if runtime is None:
             runtime = await asyncio.to_thread(load_runtime, self.config_path, self.extra_plugins)
-        await runtime.start()
+        self.telemetry.attach(runtime, None)
+        try:
+            await runtime.start()
+        except BaseException:
+            await self.telemetry.release(runtime, None)
+            raise
         self.runtime = runtime
+        if runtime.metrics is not None and runtime.metrics.live_inflight is not None:
+            self.drain.gauge = runtime.metrics.live_inflight
         if runtime.config.open:
             log.warning("no clients: section; the gateway is open to anyone who can reach it")
 
     async def reload(self) -> bool:
         """Swap in a freshly loaded config; keep the old one if the new one is invalid."""
+        if self.drain.draining:
+            log.info("not reloading %s: the gateway is draining", self.config_path)
+            return False
         async with self._reload_lock:
             try:
                 runtime = await asyncio.to_thread(load_runtime, self.config_path, self.extra_plugins)
-                await runtime.start(previous=self.runtime)
+                self.telemetry.attach(runtime, self.runtime)
+                try:
+                    await runtime.start(previous=self.runtime)
+                except BaseException:
+                    await self.telemetry.release(runtime, self.runtime)
+                    raise
             except ConfigError as exc:
                 log.error("reload of %s refused, keeping the running config:\n%s", self.config_path, exc)
+                self.telemetry.reloaded(False)
                 return False
             except Exception:
                 log.exception("reload of %s failed, keeping the running config", self.config_path)
+                self.telemetry.reloaded(False)
                 return False
             old, self.runtime = self.runtime, runtime
             log.info("reloaded %s", self.config_path)
+            self.telemetry.reloaded(True)
             if old is not None:
                 runtime.took_over(old)
-                task = asyncio.create_task(old.retire())
+                task = asyncio.create_task(self._retire(old))
                 self._retiring.add(task)
                 task.add_done_callback(self._retiring.discard)
             return True
+
+    async def _retire(self, old: Runtime) -> None:
+        await old.retire()
+        await self.telemetry.release(old, self.runtime)
 
     async def close(self) -> None:
         for task in list(self._retiring):
             await task
         if self.runtime is not None:
             await self.runtime.close()
+            await self.telemetry.release(self.runtime, None)
             self.runtime = None
 
 
@@ -94,7 +121,11 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def not_found(request: web.Request) -> web.Response:
-    return error_response(UnknownURL(request.method, request.path), request_id_of(request))
+    err = UnknownURL(request.method, request.path)
+    runtime = request.app[STATE].runtime
+    if runtime is not None and runtime.metrics is not None:
+        runtime.metrics.record_unmatched(err.status, err.error_type, runtime.config.open)
+    return error_response(err, request_id_of(request))
 
 
 def create_app(
@@ -103,8 +134,13 @@ def create_app(
     extra_plugins: Iterable[tuple[str, object]] = (),
     runtime: Runtime | None = None,
     handle_sighup: bool = False,
+    drain_on_signals: bool = False,
 ) -> web.Application:
-    """The gateway app. `runtime` is a pre-loaded config (the CLI validates before binding)."""
+    """The gateway app. `runtime` is a pre-loaded config (the CLI validates before binding).
+
+    `handle_sighup` reloads on SIGHUP; `drain_on_signals` drains on SIGTERM/SIGINT
+    (`proxy.server.operations.Drain`), for `web.run_app`, whose own handlers it replaces.
+    """
     app = web.Application(client_max_size=1 << 40)  # the body limit is checked per route, from config
     gateway = GatewayState(config_path, extra_plugins)
     app[STATE] = gateway
@@ -115,14 +151,24 @@ def create_app(
         loop = asyncio.get_running_loop()
         if handle_sighup:
             loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(gateway.reload()))
+        if drain_on_signals:
+            gateway.drain.install(gateway)
         yield
         if handle_sighup:
             loop.remove_signal_handler(signal.SIGHUP)
         await gateway.close()
 
+    async def drain(app: web.Application) -> None:
+        # The listener is closed by now; a drain that a signal began waits for requests in flight.
+        if gateway.drain.draining:
+            await gateway.drain.finish(gateway.current.config.server.shutdown_grace)
+
     app.cleanup_ctx.append(lifecycle)
+    app.on_shutdown.append(drain)
     r = app.router
     r.add_route("*", "/healthz", healthz)
+    r.add_route("*", "/readyz", operations.readyz(gateway))
+    r.add_route("*", "/metrics", operations.metrics(gateway))
     for prefix in ("/v1", "/openai/v1"):
         r.add_route("*", f"{prefix}/chat/completions", fwd.model_call(CHAT))
         r.add_route("*", f"{prefix}/completions", fwd.model_call(COMPLETIONS))

@@ -25,6 +25,7 @@ from ..errors import (
     MethodNotAllowed,
     ModelNotFound,
     PermissionDenied,
+    ShuttingDown,
     UnknownURL,
     is_retryable,
 )
@@ -66,7 +67,10 @@ class Forwarder:
         async def handle(request: web.Request) -> web.StreamResponse:
             runtime = self.gateway.current
             runtime.enter()
+            task = self.gateway.drain.track()
             call = _new_call(request, runtime, endpoint)
+            if runtime.tracing is not None:
+                runtime.tracing.begin(call, request)
             try:
                 if method is not None and request.method != method:
                     raise MethodNotAllowed(f"{request.method} is not allowed on {request.path}; use {method}.")
@@ -74,6 +78,8 @@ class Forwarder:
             except GatewayError as exc:
                 return await self._fail(request, call, exc)
             except asyncio.CancelledError:
+                if call.first_byte is None and self._cut_off():  # the drain's grace is over: a 503 instead
+                    return await self._fail(request, call, _shutting_down())
                 call.error = call.error or "client_disconnected"
                 call.error_type = call.error_type or CLIENT_DISCONNECTED
                 call.status = call.status or 499
@@ -85,6 +91,7 @@ class Forwarder:
             finally:
                 await self._log(runtime, call)
                 runtime.leave()
+                self.gateway.drain.untrack(task)
 
         return handle
 
@@ -189,6 +196,8 @@ class Forwarder:
                 param="model",
                 code="unsupported_endpoint",
             )
+        if runtime.tracing is not None:
+            send = runtime.tracing.wrap(send)
         last = len(candidates) - 1
         for i, target in enumerate(candidates):
             call.target = target
@@ -245,12 +254,14 @@ class Forwarder:
             call.error = "client_disconnected"
             call.error_type = CLIENT_DISCONNECTED
             return sresp
-        except asyncio.CancelledError:
-            call.error = "client_disconnected"
-            call.error_type = CLIENT_DISCONNECTED
-            raise
-        except Exception as exc:
+        except (Exception, asyncio.CancelledError) as exc:
             err = exc if isinstance(exc, GatewayError) else None
+            if isinstance(exc, asyncio.CancelledError):
+                if not self._cut_off():
+                    call.error = "client_disconnected"
+                    call.error_type = CLIENT_DISCONNECTED
+                    raise
+                err = _shutting_down()  # the drain's grace is over: the stream ends with an error event
             if err is None:
                 log.exception("request %s: stream failed", call.request_id)
                 err = GatewayError("The stream failed in the gateway.", code="internal_error")
@@ -279,6 +290,22 @@ class Forwarder:
             await runtime.chain.log_request(call)
         except Exception:
             log.exception("log_request hook failed")
+        try:
+            if runtime.metrics is not None:
+                runtime.metrics.record(call)
+            if runtime.tracing is not None:
+                runtime.tracing.finish(call)
+        except Exception:
+            log.exception("recording telemetry failed")
+
+    def _cut_off(self) -> bool:
+        """Whether a cancellation is the drain's (its grace ran out), not a client that left."""
+        if not self.gateway.drain.cut_off:
+            return False
+        task = asyncio.current_task()
+        if task is not None:
+            task.uncancel()  # handled here: the request goes on to write its last words
+        return True
 
 
 async def _send(request: web.Request, resp: web.Response, call: Call) -> web.Response:
@@ -293,6 +320,10 @@ async def _send(request: web.Request, resp: web.Response, call: Call) -> web.Res
         call.error = "client_disconnected"
         call.error_type = CLIENT_DISCONNECTED
     return resp
+
+
+def _shutting_down() -> ShuttingDown:
+    return ShuttingDown("The gateway is shutting down and could not finish this request in time; retry it.")
 
 
 async def _first_chunk(reply: Reply) -> bytes:

@@ -13,6 +13,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pluggy
 
@@ -21,6 +22,10 @@ from ..plugins import make_plugin_manager, provider_types
 from ..state import MemoryStore, Store, open_store
 from ..types import Client, ModelInfo
 from .chain import Chain
+
+if TYPE_CHECKING:
+    from ..telemetry.metrics import Metrics
+    from ..telemetry.tracing import Tracing
 
 log = logging.getLogger("relaygate")
 
@@ -50,6 +55,9 @@ class Runtime:
     state: Store = field(default_factory=MemoryStore)
     #: Whether `close` closes `state` (false while a runtime that carried it over lives on).
     owns_state: bool = True
+    #: Set by the app's `Telemetry` from `telemetry:`; None when off (nothing is counted or traced).
+    metrics: Metrics | None = None
+    tracing: Tracing | None = None
     _drained: asyncio.Event = field(default_factory=asyncio.Event)
 
     # -------------------------------------------------------------- lifecycle
