@@ -8,10 +8,13 @@ import contextlib
 import ipaddress
 import logging
 import os
+import shutil
 import signal
 import sys
+import tempfile
 from collections.abc import Sequence
 from dataclasses import asdict
+from pathlib import Path
 
 import orjson
 
@@ -19,6 +22,7 @@ from .builtin.accesslog import LineWriter
 from .errors import ConfigError
 from .plugins import describe, make_plugin_manager
 from .server.runtime import Runtime, load_runtime
+from .telemetry.names import MULTIPROC_ENV
 
 log = logging.getLogger("relaygate")
 
@@ -79,6 +83,7 @@ def _run_worker(path: str, host: str, port: int, reuse_port: bool, runtime: Runt
     from aiohttp import web
 
     from .server.app import create_app
+    from .server.operations import CUT_OFF_WAIT
 
     try:
         import uvloop
@@ -86,12 +91,15 @@ def _run_worker(path: str, host: str, port: int, reuse_port: bool, runtime: Runt
         uvloop = None  # type: ignore[assignment]
     if uvloop is not None:
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    app = create_app(path, runtime=runtime, handle_sighup=True)
+    app = create_app(path, runtime=runtime, handle_sighup=True, drain_on_signals=True)
     web.run_app(
         app,
         host=host,
         port=port,
         reuse_port=reuse_port or None,
+        # The drain has waited `server.shutdown_grace` and cut off what was left by the
+        # time aiohttp waits for handlers: this only bounds their last writes.
+        shutdown_timeout=CUT_OFF_WAIT,
         handler_cancellation=True,
         access_log=None,
         print=lambda _msg: log.info("relaygate serving on http://%s:%s (pid %s)", host, port, os.getpid()),
@@ -120,7 +128,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _supervise(args: argparse.Namespace, host: str, port: int) -> int:
-    """Fork workers that share the port with SO_REUSEPORT; forward signals to them."""
+    """Fork workers that share the port with SO_REUSEPORT; forward signals to them.
+
+    Each worker drains on its own when SIGTERM/SIGINT is forwarded. The workers' metrics
+    go to a directory made here (set in the environment before any worker imports
+    prometheus-client) and removed when the last worker has exited.
+    """
+    metrics_dir = tempfile.mkdtemp(prefix="relaygate-metrics-")
+    os.environ[MULTIPROC_ENV] = metrics_dir
+    log.info("metrics of %d workers are summed in %s", args.workers, metrics_dir)
+    try:
+        return _fork_workers(args, host, port, metrics_dir)
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+
+
+def _fork_workers(args: argparse.Namespace, host: str, port: int, metrics_dir: str) -> int:
     children: list[int] = []
     for _ in range(args.workers):
         pid = os.fork()
@@ -142,7 +165,14 @@ def _supervise(args: argparse.Namespace, host: str, port: int) -> int:
     for child in children:
         _, code = os.waitpid(child, 0)
         status = status or os.waitstatus_to_exitcode(code)
+        _forget_worker(child, metrics_dir)
     return status
+
+
+def _forget_worker(pid: int, metrics_dir: str) -> None:
+    """A worker exited: its share of the live gauges (requests in flight) no longer counts."""
+    for path in Path(metrics_dir).glob(f"gauge_live*_{pid}.db"):
+        path.unlink(missing_ok=True)
 
 
 def build_parser() -> argparse.ArgumentParser:

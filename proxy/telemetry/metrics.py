@@ -30,9 +30,8 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from ..config.load import Config
 from ..types import Call, Usage
-from .names import ANONYMOUS, OPERATIONS, UNMATCHED
+from .names import ANONYMOUS, MULTIPROC_ENV, OPERATIONS, UNMATCHED
 
-MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 RELOAD_RESULTS = ("success", "failure")
 LIMIT_SCOPES = ("key", "route", "provider")
 LIMIT_KINDS = ("requests", "tokens", "concurrency", "budget")

@@ -12,3 +12,5 @@ OPERATIONS: Final = {CHAT: "chat", COMPLETIONS: "text_completion", EMBEDDINGS: "
 UNMATCHED: Final = "unmatched"
 #: The `client` label on an open gateway (no `clients:` section).
 ANONYMOUS: Final = "anonymous"
+#: Set by the `--workers` supervisor before it forks: prometheus-client's multiprocess mode.
+MULTIPROC_ENV: Final = "PROMETHEUS_MULTIPROC_DIR"
