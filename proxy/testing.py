@@ -282,3 +282,107 @@ class RedisServer:
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
         self._dir.cleanup()
+
+
+class PrometheusServer:
+    """A private `prometheus` on a free loopback port, scraping `targets` every `interval`.
+
+    For end-to-end tests of `/metrics`: a real server parses the exposition and answers
+    queries (`query`). A missing binary raises (`.ci/setup --test` installs the Debian
+    package `prometheus`): in CI a failure, never a skip.
+    """
+
+    def __init__(self, targets: Iterable[str], *, interval: float = 1.0, host: str = "127.0.0.1") -> None:
+        self.host = host
+        self.port = free_port(host)
+        self.targets = list(targets)
+        self.interval = interval
+        self._dir = tempfile.TemporaryDirectory(prefix="relaygate-prometheus-")
+        self._proc: Any = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def _config(self) -> str:
+        seconds = f"{self.interval:g}s"
+        targets = ", ".join(f'"{t}"' for t in self.targets)
+        return (
+            f"global: {{scrape_interval: {seconds}, evaluation_interval: {seconds}}}\n"
+            "scrape_configs:\n"
+            f"  - job_name: relaygate\n    scrape_timeout: {seconds}\n"
+            f"    static_configs: [{{targets: [{targets}]}}]\n"
+        )
+
+    def start(self) -> PrometheusServer:
+        import shutil
+        import subprocess
+        import urllib.request
+
+        exe = shutil.which("prometheus")
+        if exe is None:
+            raise RuntimeError("prometheus is not installed; run `bash .ci/setup --test`")
+        config = Path(self._dir.name) / "prometheus.yml"
+        config.write_text(self._config())
+        args = [
+            exe, f"--config.file={config}", f"--storage.tsdb.path={self._dir.name}/data",
+            f"--web.listen-address={self.host}:{self.port}", "--log.level=warn",
+        ]  # fmt: skip
+        self._log = open(Path(self._dir.name) / "prometheus.log", "wb")  # noqa: SIM115 - the child's stderr
+        self._proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=self._log)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"prometheus exited: {self.log_text}")
+            try:
+                with urllib.request.urlopen(f"{self.url}/-/ready", timeout=1) as resp:
+                    if resp.status == 200:
+                        return self
+            except OSError:
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"prometheus was not ready on port {self.port} within 30 s: {self.log_text}")
+
+    @property
+    def log_text(self) -> str:
+        return (Path(self._dir.name) / "prometheus.log").read_text(errors="replace")
+
+    def query(self, promql: str) -> list[dict[str, Any]]:
+        """The result vector of an instant query (`/api/v1/query`)."""
+        import urllib.parse
+        import urllib.request
+
+        url = f"{self.url}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            answer = orjson.loads(resp.read())
+        if answer.get("status") != "success":
+            raise RuntimeError(f"query {promql!r} failed: {answer}")
+        result: list[dict[str, Any]] = answer["data"]["result"]
+        return result
+
+    def targets_health(self) -> list[dict[str, Any]]:
+        """The scrape targets as Prometheus sees them (`health`, `lastError`, ...)."""
+        import urllib.request
+
+        with urllib.request.urlopen(f"{self.url}/api/v1/targets", timeout=10) as resp:
+            active: list[dict[str, Any]] = orjson.loads(resp.read())["data"]["activeTargets"]
+        return active
+
+    def stop(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except Exception:
+                proc.kill()
+                proc.wait(5)
+        if proc is not None:
+            self._log.close()
+
+    def __enter__(self) -> PrometheusServer:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+        self._dir.cleanup()

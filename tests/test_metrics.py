@@ -12,7 +12,7 @@ import orjson
 import pytest
 from core_helpers import CLIENT_KEY, LIMITED_KEY, UPSTREAM_KEY, config_yaml, post_json, raw
 from fakes.openai_upstream import Behaviour, FakeOpenAI, free_port
-from telemetry_helpers import Scrape, scrape
+from telemetry_helpers import Scrape, scrape, until
 
 from proxy.errors import ERROR_TYPES
 from proxy.testing import Gateway
@@ -94,13 +94,14 @@ def test_a_known_mix_of_traffic_is_counted_exactly(gw: Gateway, upstream: FakeOp
     assert raw("POST", f"{gw.base_url}/chat/completions", b"{not json").status == 400
     assert raw("GET", f"{gw.url}/nope/secret-path?token=abc").status == 404
 
+    # A request is counted once its response has ended, a moment after the client has it.
+    assert until(lambda: scrape(gw.url).total("relaygate_requests_total") == 13)
     got = scrape(gw.url)
     count = got.total
 
     def requests(**labels: str) -> float:
         return count("relaygate_requests_total", **labels)
 
-    assert requests() == 13
     assert requests(route="gpt-4o", model="gpt-4o", provider="up", client="team-a", status="200", error_type="") == 5
     assert requests(route="fb-model", model="fb-model", provider="up", status="200", error_type="") == 1
     assert requests(route="*", model="broken", provider="up", status="500", error_type="upstream_error") == 1
@@ -157,6 +158,7 @@ def test_open_gateway_counts_anonymous(upstream: FakeOpenAI, make_gateway: Calla
     gw = make_gateway(config_yaml(upstream.url, clients=False))
     assert post_json(f"{gw.base_url}/chat/completions", {"model": "gpt-4o", "messages": CHAT}, key=None).status == 200
     assert raw("GET", f"{gw.url}/unknown", key=None).status == 404
+    assert until(lambda: scrape(gw.url).total("relaygate_requests_total") == 2)
     got = scrape(gw.url)
     assert got.total("relaygate_requests_total", client="anonymous", status="200", route="*") == 1
     assert got.total("relaygate_requests_total", client="anonymous", route="unmatched", status="404") == 1
@@ -203,7 +205,7 @@ def test_reload_can_turn_metrics_off_and_on(gw: Gateway, upstream: FakeOpenAI) -
     assert post_json(f"{gw.base_url}/chat/completions", {"model": "gpt-4o", "messages": CHAT}).status == 200
     assert gw.reload(_config(upstream))
     got = scrape(gw.url)
-    assert got.total("relaygate_requests_total") == 1  # the request served while off was not counted
+    assert got.total("relaygate_requests_total") == 1  # the one served while off was not counted
     assert got.total("relaygate_config_reloads_total", result="success") == 2
 
 
