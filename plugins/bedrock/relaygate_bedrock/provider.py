@@ -38,6 +38,8 @@ from .stream_map import ChatStreamMapper
 log = logging.getLogger("relaygate.bedrock")
 _JSON = "application/json"
 _EVENTSTREAM = "application/vnd.amazon.eventstream"
+#: W3C trace context headers the tracing wrapper puts on an attempt (proxy.telemetry.tracing).
+_TRACE_HEADERS = frozenset({"traceparent", "tracestate"})
 
 
 class BedrockProvider(Provider):
@@ -99,17 +101,21 @@ class BedrockProvider(Provider):
 
     # -------------------------------------------------------------- transport
 
-    async def _post(self, model: str, operation: str, body: bytes, accept: str) -> Response:
+    async def _post(
+        self, model: str, operation: str, body: bytes, accept: str, target: Target | None = None
+    ) -> Response:
         url = self.endpoint + model_path(model, operation)
         headers = await self.aws.sign(url, body, {"Content-Type": _JSON, "Accept": accept})
         headers["Accept-Encoding"] = "identity"
+        if target is not None:  # the attempt's trace context (unsigned, as SigV4 allows)
+            headers.update({k: v for k, v in target.headers.items() if k in _TRACE_HEADERS})
         resp = await self.request("POST", url, headers.items(), body)
         if resp.status >= 400:
             raise error_from_response(self.name, resp.status, await self.error_body(resp), resp.headers)
         return resp
 
-    async def _post_json(self, model: str, operation: str, body: bytes) -> dict[str, Any]:
-        resp = await self._post(model, operation, body, _JSON)
+    async def _post_json(self, model: str, operation: str, body: bytes, target: Target | None = None) -> dict[str, Any]:
+        resp = await self._post(model, operation, body, _JSON, target)
         data = await self.read_body(resp)
         try:
             parsed = orjson.loads(data)
@@ -124,7 +130,7 @@ class BedrockProvider(Provider):
     async def send(self, call: Call, target: Target) -> Reply:
         body = call.body or {}
         if call.endpoint == EMBEDDINGS:
-            data, usage = await embed(body, target.model, lambda b: self._post_json(target.model, "invoke", b))
+            data, usage = await embed(body, target.model, lambda b: self._post_json(target.model, "invoke", b, target))
             call.usage = usage
             return Reply(body=data)
         if call.endpoint != CHAT:
@@ -136,10 +142,10 @@ class BedrockProvider(Provider):
             await self._fill_images(mapped.image_urls)
         payload = orjson.dumps(mapped.body)
         if call.stream:
-            resp = await self._post(target.model, "converse-stream", payload, _EVENTSTREAM)
+            resp = await self._post(target.model, "converse-stream", payload, _EVENTSTREAM, target)
             mapper = ChatStreamMapper(target.model, call.include_usage)
             return Reply(stream=self._relay(call, resp, mapper), content_type="text/event-stream")
-        answer = await self._post_json(target.model, "converse", payload)
+        answer = await self._post_json(target.model, "converse", payload, target)
         out, call.usage = chat_completion(answer, target.model)
         return Reply(body=out)
 
