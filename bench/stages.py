@@ -29,6 +29,7 @@ from run import CLIENT_KEY, chat_body, gateway_config
 from proxy.builtin.accesslog import LineWriter
 from proxy.server.body import check_body, parse_json
 from proxy.server.runtime import Runtime, load_runtime
+from proxy.telemetry import Telemetry
 from proxy.types import CHAT, Call
 from proxy.upstream.openai_compat import OpenAICompatibleProvider
 
@@ -75,7 +76,10 @@ async def one_batch(runtime: Runtime, n: int) -> dict[str, float]:
         call.status, call.first_byte = 200, time.perf_counter()
         t = time.perf_counter()
         await chain.log_request(call)
-        add("log_request", t)
+        t = add("log_request", t)
+        if runtime.metrics is not None:  # telemetry.metrics (default on): once per request, after the log
+            runtime.metrics.record(call)
+            add("metrics (record)", t)
     return spent
 
 
@@ -91,6 +95,7 @@ def setup_access_log(workdir: Path) -> None:
 async def main_async(requests: int) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="relaygate-stages-"))
     runtime = load_runtime(gateway_config(workdir, 9))  # never started: nothing is sent
+    Telemetry(lambda: 0).attach(runtime, None)  # as the app does: the metrics registry
     setup_access_log(workdir)
     print("hook implementations per stage:", {k: len(v) for k, v in runtime.chain.stages.items()})
     await one_batch(runtime, 2000)  # warm-up

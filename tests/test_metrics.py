@@ -231,3 +231,22 @@ def test_inflight_gauge_counts_open_streams(upstream: FakeOpenAI, gw: Gateway) -
         assert scrape(gw.url).total("relaygate_inflight_requests") == 1
     finally:
         conn.close()
+
+
+def test_flushed_histograms_equal_what_observe_gives() -> None:
+    """The per-request path adds to plain bucket lists; a flush must equal prometheus-client's own observe."""
+    from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+    from proxy.telemetry.metrics import DURATION_BUCKETS, TOKEN_BUCKETS, _Buckets
+
+    for bounds, values in ((DURATION_BUCKETS, [0.0, 0.01, 0.0100001, 0.3, 81.92, 81.93, 1e9]),
+                           (TOKEN_BUCKETS, [0, 1, 2, 4, 5, 1024, 67108864, 67108865])):
+        mine, theirs = CollectorRegistry(), CollectorRegistry()
+        observed = Histogram("h", "h", buckets=bounds, registry=theirs)
+        flushed = Histogram("h", "h", buckets=bounds, registry=mine)
+        pending = _Buckets(bounds)
+        for value in values:
+            observed.observe(value)
+            pending.observe(value)
+        pending.flush_into(flushed)
+        assert generate_latest(mine) == generate_latest(theirs)

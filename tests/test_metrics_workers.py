@@ -71,6 +71,8 @@ def test_workers_report_the_sum_and_the_supervisor_cleans_up(workers: Served) ->
         got = scrape(workers.url)
         assert got.total("relaygate_requests_total", route="demo-chat", status="200", client="anonymous") == sent
         assert got.total("gen_ai_server_request_duration_seconds_count") == sent
+        tokens_in = got.total("relaygate_tokens_total", type="input")
+        assert tokens_in > 0 and got.total("gen_ai_client_token_usage_sum", gen_ai_token_type="input") == tokens_in
         assert got.total("relaygate_inflight_requests") == 0
         assert "relaygate_fallbacks" in got.families  # every family, although no worker wrote it
         assert got.total("relaygate_config_reloads_total", result="success") == 0

@@ -57,8 +57,6 @@ class GatewayState:
             await self.telemetry.release(runtime, None)
             raise
         self.runtime = runtime
-        if runtime.metrics is not None and runtime.metrics.live_inflight is not None:
-            self.drain.gauge = runtime.metrics.live_inflight
         if runtime.config.open:
             log.warning("no clients: section; the gateway is open to anyone who can reach it")
 
@@ -105,6 +103,7 @@ class GatewayState:
             await self.runtime.close()
             await self.telemetry.release(self.runtime, None)
             self.runtime = None
+        self.telemetry.close()
 
 
 STATE = web.AppKey("gateway", GatewayState)

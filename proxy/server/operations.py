@@ -25,8 +25,6 @@ from ..errors import MethodNotAllowed, UnknownURL
 from .replies import error_response, request_id_of
 
 if TYPE_CHECKING:
-    from prometheus_client import Gauge
-
     from .app import GatewayState
 
 log = logging.getLogger("relaygate")
@@ -44,8 +42,6 @@ class Drain:
         self.draining = False
         #: Set when the grace ran out: a cancelled request ends with ShuttingDown, not as a client that left.
         self.cut_off = False
-        #: Under --workers: this process's share of relaygate_inflight_requests.
-        self.gauge: Gauge | None = None
         self._idle = asyncio.Event()
 
     def count(self) -> int:
@@ -55,15 +51,11 @@ class Drain:
         task = asyncio.current_task()
         if task is not None:
             self.tasks.add(task)
-        if self.gauge is not None:
-            self.gauge.inc()
         return task
 
     def untrack(self, task: asyncio.Task[object] | None) -> None:
         if task is not None:
             self.tasks.discard(task)
-        if self.gauge is not None:
-            self.gauge.dec()
         if self.draining and not self.tasks:
             self._idle.set()
 
@@ -143,6 +135,7 @@ def metrics(gateway: GatewayState) -> Handler:
             return error_response(UnknownURL(request.method, request.path), request_id_of(request))
         if (refused := _get_only(request)) is not None:
             return refused
+        registry.flush()  # on the event loop, where requests add to it
         # Off the event loop: with many series (or many workers' files) it takes milliseconds.
         body, content_type = await asyncio.to_thread(registry.render, request.headers.get("Accept"))
         return web.Response(body=body, headers={"Content-Type": content_type})

@@ -10,6 +10,7 @@ OpenTelemetry only when `telemetry.otlp` is set.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -25,6 +26,7 @@ class Telemetry:
     def __init__(self, inflight: Callable[[], int]) -> None:
         self._inflight = inflight
         self.metrics: Metrics | None = None
+        self._flusher: asyncio.TimerHandle | None = None
 
     def attach(self, runtime: Runtime, previous: Runtime | None) -> None:
         """Give `runtime` its metrics and tracing, before it starts; `previous` is the one serving."""
@@ -34,6 +36,8 @@ class Telemetry:
                 from .metrics import Metrics
 
                 self.metrics = Metrics(self._inflight)
+                if self.metrics.multiprocess_dir is not None:
+                    self._schedule_flush()
             self.metrics.configure(runtime.config)
             runtime.metrics = self.metrics
         if settings.otlp is not None:
@@ -56,3 +60,22 @@ class Telemetry:
     def reloaded(self, ok: bool) -> None:
         if self.metrics is not None:
             self.metrics.reloaded(ok)
+
+    def _schedule_flush(self) -> None:
+        """Under --workers: publish this worker's numbers every FLUSH_INTERVAL (another may answer a scrape)."""
+        from .metrics import FLUSH_INTERVAL
+
+        def tick() -> None:
+            if self.metrics is not None:
+                self.metrics.flush()
+            self._flusher = asyncio.get_running_loop().call_later(FLUSH_INTERVAL, tick)
+
+        self._flusher = asyncio.get_running_loop().call_later(FLUSH_INTERVAL, tick)
+
+    def close(self) -> None:
+        """Publish what is left (the app stops)."""
+        if self._flusher is not None:
+            self._flusher.cancel()
+            self._flusher = None
+        if self.metrics is not None:
+            self.metrics.flush()

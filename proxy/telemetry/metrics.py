@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import time
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -50,6 +51,8 @@ _UNCONFIRMED = frozenset(
 TOKEN_BUCKETS = (1, 4, 16, 64, 256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304, 16777216, 67108864)
 DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92)
 TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+#: Seconds between two flushes of a worker's numbers to the shared files under --workers.
+FLUSH_INTERVAL = 1.0
 
 GENAI = ("gen_ai_operation_name", "gen_ai_request_model", "gen_ai_provider_name")
 
@@ -96,23 +99,27 @@ class Metrics:
         self.reloads = Counter(
             "relaygate_config_reloads_total", "Config reloads (SIGHUP), by result: success or failure.",
             ["result"], registry=reg)  # fmt: skip
-        #: Under --workers, each request moves this process's share of the in-flight gauge;
-        #: one process reads its own count when scraped.
-        self.live_inflight: Gauge | None = self.inflight if self.multiprocess_dir else None
         if self.multiprocess_dir is None:
             self.inflight.set_function(inflight)
             ProcessCollector(registry=reg)
+        self._inflight = inflight
         for result in RELOAD_RESULTS:
             self.reloads.labels(result)
         for scope in LIMIT_SCOPES:
             for kind in LIMIT_KINDS:
                 self.rejections.labels(scope, kind)
-        self._families = [f for c in (self.token_usage, self.duration, self.ttft, self.requests, self.fallbacks,
-                                      self.retries, self.rejections, self.breaker, self.inflight, self.tokens,
-                                      self.cost, self.reloads) for f in c.describe()]  # fmt: skip
-        self._requests: dict[tuple[str, ...], Any] = {}
-        self._genai: dict[tuple[str, str, str], tuple[Any, Any, Any, Any]] = {}
-        self._tokens: dict[tuple[str, str], tuple[Any, Any, Any, Any]] = {}
+        #: Every family, for the exposition of families no worker has written to yet.
+        self.families = [f for c in (self.token_usage, self.duration, self.ttft, self.requests, self.fallbacks,
+                                     self.retries, self.rejections, self.breaker, self.inflight, self.tokens,
+                                     self.cost, self.reloads) for f in c.describe()]  # fmt: skip
+        # What requests added since the last flush, by label values: plain ints, floats and
+        # bucket lists, so a request costs dictionary hits rather than locked counter updates.
+        self._requests: dict[tuple[str, ...], int] = {}
+        self._genai: dict[tuple[str, str, str], _GenAI] = {}
+        self._tokens: dict[tuple[str, str], list[float]] = {}  # [input, output, cached_input, cost]
+        self._fallbacks: dict[tuple[str, str], int] = {}
+        self._retries: dict[str, int] = {}
+        self._rejections: dict[tuple[str, str], int] = {}
         self._glob_models: set[str] = set()
 
     # -------------------------------------------------------------- configuration
@@ -132,13 +139,9 @@ class Metrics:
 
     # -------------------------------------------------------------- per request
 
-    def _model(self, call: Call, glob: bool) -> str:
-        model = call.model
-        if model is None:
-            return ""
-        if not glob or model in self._glob_models:
-            return model
-        if call.error_type in _UNCONFIRMED or len(self._glob_models) >= MAX_GLOB_MODELS:
+    def _admit(self, model: str, error_type: str | None) -> str:
+        """A name a glob route matched: a label value once it is known not to be made up."""
+        if error_type in _UNCONFIRMED or len(self._glob_models) >= MAX_GLOB_MODELS:
             return ""
         self._glob_models.add(model)
         return model
@@ -152,26 +155,28 @@ class Metrics:
             route, model = UNMATCHED, ""
         else:
             route = rule.model
-            model = self._model(call, rule.is_glob)
+            model = call.model or ""
+            # A literal route's name is the config's; under a glob the client chose it.
+            if model != route and model not in self._glob_models:
+                model = self._admit(model, call.error_type)
         provider = target.provider_name if target is not None else ""
         client = call.client.name if call.client is not None else (ANONYMOUS if call.config.clients is None else "")
         key = (route, model, provider, client, str(call.status), call.error_type or "")
-        child = self._requests.get(key)
-        if child is None:
-            child = self._requests[key] = self.requests.labels(*key)
-        child.inc()
+        requests = self._requests
+        requests[key] = requests.get(key, 0) + 1
 
         attempts = call.attempts
         if len(attempts) > 1:
             previous = attempts[0]
             for attempt in attempts[1:]:
                 if attempt.retry:
-                    self.retries.labels(attempt.provider).inc()
+                    self._retries[attempt.provider] = self._retries.get(attempt.provider, 0) + 1
                 elif previous.error_type is not None:
-                    self.fallbacks.labels(previous.provider, previous.error_type).inc()
+                    fkey = (previous.provider, previous.error_type)
+                    self._fallbacks[fkey] = self._fallbacks.get(fkey, 0) + 1
                 previous = attempt
-        for scope, kind in call.rejections:
-            self.rejections.labels(scope, kind).inc()
+        for rkey in call.rejections:
+            self._rejections[rkey] = self._rejections.get(rkey, 0) + 1
 
         usage = call.usage
         operation = OPERATIONS.get(call.endpoint)
@@ -179,40 +184,65 @@ class Metrics:
             gkey = (operation, model, provider)
             genai = self._genai.get(gkey)
             if genai is None:
-                genai = self._genai[gkey] = (
-                    self.duration.labels(*gkey), self.ttft.labels(*gkey),
-                    self.token_usage.labels(*gkey, "input"), self.token_usage.labels(*gkey, "output"),
-                )  # fmt: skip
-            genai[0].observe(now - call.started)
+                genai = self._genai[gkey] = _GenAI()
+            genai.duration.observe(now - call.started)
             if call.stream and call.error_type is None and call.first_byte is not None:
-                genai[1].observe(call.first_byte - call.started)
+                genai.ttft.observe(call.first_byte - call.started)
             if usage is not None:
-                genai[2].observe(usage.prompt_tokens)
-                genai[3].observe(usage.completion_tokens)
+                genai.input.observe(usage.prompt_tokens)
+                genai.output.observe(usage.completion_tokens)
         if usage is not None or call.cost_usd:
             tkey = (client, model)
             tokens = self._tokens.get(tkey)
             if tokens is None:
-                tokens = self._tokens[tkey] = (
-                    self.tokens.labels(client, model, "input"), self.tokens.labels(client, model, "output"),
-                    self.tokens.labels(client, model, "cached_input"), self.cost.labels(client, model),
-                )  # fmt: skip
+                tokens = self._tokens[tkey] = [0, 0, 0, 0.0]
             if usage is not None:
                 cached = _cached(usage)
-                tokens[0].inc(usage.prompt_tokens - cached)
-                tokens[1].inc(usage.completion_tokens)
-                if cached:
-                    tokens[2].inc(cached)
+                tokens[0] += usage.prompt_tokens - cached
+                tokens[1] += usage.completion_tokens
+                tokens[2] += cached
             if call.cost_usd:
-                tokens[3].inc(call.cost_usd)
+                tokens[3] += call.cost_usd
 
     def record_unmatched(self, status: int, error_type: str, open_gateway: bool) -> None:
         """A request no route of the gateway serves (an unknown path)."""
         key = (UNMATCHED, "", "", ANONYMOUS if open_gateway else "", str(status), error_type)
-        child = self._requests.get(key)
-        if child is None:
-            child = self._requests[key] = self.requests.labels(*key)
-        child.inc()
+        self._requests[key] = self._requests.get(key, 0) + 1
+
+    def flush(self) -> None:
+        """Move what requests added into prometheus-client's series (on the event loop's thread).
+
+        Before each exposition, and under --workers every `FLUSH_INTERVAL`, so that the
+        worker that answers a scrape reads the others' numbers from their files.
+        """
+        requests, self._requests = self._requests, {}
+        for key, count in requests.items():
+            self.requests.labels(*key).inc(count)
+        genai, self._genai = self._genai, {}
+        for gkey, g in genai.items():
+            g.duration.flush_into(self.duration.labels(*gkey))
+            g.ttft.flush_into(self.ttft.labels(*gkey))
+            g.input.flush_into(self.token_usage.labels(*gkey, "input"))
+            g.output.flush_into(self.token_usage.labels(*gkey, "output"))
+        tokens, self._tokens = self._tokens, {}
+        for (client, model), (tin, tout, cached, cost) in tokens.items():
+            self.tokens.labels(client, model, "input").inc(tin)
+            self.tokens.labels(client, model, "output").inc(tout)
+            if cached:
+                self.tokens.labels(client, model, "cached_input").inc(cached)
+            if cost:
+                self.cost.labels(client, model).inc(cost)
+        fallbacks, self._fallbacks = self._fallbacks, {}
+        for fkey, count in fallbacks.items():
+            self.fallbacks.labels(*fkey).inc(count)
+        retries, self._retries = self._retries, {}
+        for provider, count in retries.items():
+            self.retries.labels(provider).inc(count)
+        rejections, self._rejections = self._rejections, {}
+        for rkey, count in rejections.items():
+            self.rejections.labels(*rkey).inc(count)
+        if self.multiprocess_dir is not None:
+            self.inflight.set(self._inflight())
 
     # -------------------------------------------------------------- exposition
 
@@ -222,8 +252,45 @@ class Metrics:
         if self.multiprocess_dir is None:
             return encoder(self.registry), content_type
         registry = CollectorRegistry(auto_describe=False)
-        registry.register(_AllWorkers(self.multiprocess_dir, self._families))
+        registry.register(_AllWorkers(self.multiprocess_dir, self.families))
         return encoder(registry), content_type
+
+
+class _Buckets:
+    """One histogram series' observations since the last flush: counts per bucket, and their sum."""
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)  # the last is +Inf
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1  # bucket i holds bounds[i-1] < value <= bounds[i]
+        self.sum += value
+
+    def flush_into(self, child: Any) -> None:
+        """Add to a prometheus-client histogram child, as `observe` would have one by one."""
+        if not any(self.counts):
+            return
+        buckets = child._buckets  # prometheus-client's per-bucket values, +Inf last, as counts here
+        for i, count in enumerate(self.counts):
+            if count:
+                buckets[i].inc(count)
+        child._sum.inc(self.sum)
+
+
+class _GenAI:
+    """The GenAI histograms of one (operation, model, provider)."""
+
+    __slots__ = ("duration", "input", "output", "ttft")
+
+    def __init__(self) -> None:
+        self.duration = _Buckets(DURATION_BUCKETS)
+        self.ttft = _Buckets(TTFT_BUCKETS)
+        self.input = _Buckets(TOKEN_BUCKETS)
+        self.output = _Buckets(TOKEN_BUCKETS)
 
 
 def _cached(usage: Usage) -> int:
