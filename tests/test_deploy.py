@@ -375,3 +375,9 @@ def test_operations_doc_says_what_is_tested_instead_of_building_the_image() -> N
     for path in ("deploy/kubernetes/", "deploy/compose.yaml", "deploy/helm/relaygate/",
                  "deploy/grafana/relaygate.json"):
         assert path in text
+    for family in _metric_families():  # the metrics reference names every family
+        assert f"`{family}`" in text or f"`{family}_total`" in text, family
+    from proxy.errors import ERROR_TYPES
+
+    for value in ERROR_TYPES:
+        assert f"`{value}`" in text, value
