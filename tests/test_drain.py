@@ -164,3 +164,20 @@ def test_sighup_still_reloads_before_a_drain(tmp_path: Path, slow_upstream: Fake
         assert raw("GET", f"{served.url}/readyz", key=None).status == 200
         served.signal(signal.SIGTERM)
         assert served.wait(30) == 0
+
+
+async def test_readyz_is_503_while_starting_and_draining() -> None:
+    from aiohttp.test_utils import make_mocked_request
+
+    from proxy.server import operations
+    from proxy.server.app import GatewayState
+
+    gateway = GatewayState("unused.yaml")
+    handler = operations.readyz(gateway)
+    starting = await handler(make_mocked_request("GET", "/readyz"))
+    assert starting.status == 503 and b'"code":"starting"' in starting.body.replace(b" ", b"")  # type: ignore[union-attr]
+    gateway.drain.draining = True
+    draining = await handler(make_mocked_request("GET", "/readyz"))
+    assert draining.status == 503 and b'"code":"draining"' in draining.body.replace(b" ", b"")  # type: ignore[union-attr]
+    post = await handler(make_mocked_request("POST", "/readyz"))
+    assert post.status == 405

@@ -250,3 +250,21 @@ def test_flushed_histograms_equal_what_observe_gives() -> None:
             pending.observe(value)
         pending.flush_into(flushed)
         assert generate_latest(mine) == generate_latest(theirs)
+
+
+def test_names_a_client_invents_under_a_glob_route_are_capped(
+    gw: Gateway, upstream: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fake answers any model: past the cap a glob route's new names are an empty label."""
+    from proxy.telemetry import metrics
+
+    monkeypatch.setattr(metrics, "MAX_GLOB_MODELS", 3)
+    names = [f"made-up-{i}" for i in range(6)]
+    for name in names:
+        assert post_json(f"{gw.base_url}/chat/completions", {"model": name, "messages": CHAT}).status == 200
+    assert post_json(f"{gw.base_url}/chat/completions", {"model": names[0], "messages": CHAT}).status == 200
+    assert until(lambda: scrape(gw.url).total("relaygate_requests_total") == 7)
+    got = scrape(gw.url)
+    assert got.label_values("model") == {*names[:3], ""}
+    assert got.total("relaygate_requests_total", model=names[0]) == 2  # a known name stays known
+    assert got.total("relaygate_requests_total", model="") == 3
