@@ -242,7 +242,7 @@ class ShuttingDown(GatewayError):
     status = 503
     type = "server_error"
     default_code = "gateway_shutting_down"
-    error_type = "gateway_internal"
+    error_type: ErrorType = "gateway_internal"
 
 
 _BY_STATUS: dict[int, type[GatewayError]] = {
