@@ -122,6 +122,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
         return 1
     if args.workers <= 1:
+        # One process keeps its metrics in memory: a directory inherited from the
+        # environment could hold another run's numbers, which would be summed in.
+        os.environ.pop(MULTIPROC_ENV, None)
         _run_worker(args.config, host, port, False, runtime)
         return 0
     return _supervise(args, host, port)

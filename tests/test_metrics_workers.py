@@ -81,26 +81,32 @@ def test_workers_report_the_sum_and_the_supervisor_cleans_up(workers: Served) ->
     assert not directory.exists()
 
 
-def test_a_real_prometheus_scrapes_the_workers(workers: Served) -> None:
-    with PrometheusServer([f"127.0.0.1:{workers.port}"], interval=1) as prometheus:
-        for _ in range(6):
-            assert _chat(workers.url) == 200
-        for model in ("other-a", "other-b"):
-            assert _chat(workers.url, model) == 200
+@pytest.fixture
+def prometheus(workers: Served) -> Iterator[PrometheusServer]:
+    """A real Prometheus on a free loopback port, scraping the gateway every second."""
+    with PrometheusServer([f"127.0.0.1:{workers.port}"], interval=1) as server:
+        yield server
 
-        def seen() -> bool:
-            result = prometheus.query('sum(relaygate_requests_total{status="200"})')
-            return bool(result) and float(result[0]["value"][1]) == 8
 
-        assert until(seen, timeout=30), (prometheus.query("relaygate_requests_total"), prometheus.targets_health())
-        series = prometheus.query('relaygate_requests_total{route="demo-chat"}')
-        assert len(series) == 1
-        labels = series[0]["metric"]
-        assert labels["model"] == "demo-chat" and labels["provider"] == "demo" and labels["client"] == "anonymous"
-        assert labels.get("error_type", "") == ""  # Prometheus drops empty labels
-        assert float(series[0]["value"][1]) == 6
-        by_route = prometheus.query("sum by (route) (relaygate_requests_total)")
-        assert {r["metric"]["route"]: float(r["value"][1]) for r in by_route} == {"demo-chat": 6, "*": 2}
-        health = prometheus.targets_health()
-        assert [t["health"] for t in health] == ["up"], health
-        assert prometheus.query("gen_ai_client_token_usage_count")  # the histograms arrive too
+def test_a_real_prometheus_scrapes_the_workers(workers: Served, prometheus: PrometheusServer) -> None:
+    for _ in range(6):
+        assert _chat(workers.url) == 200
+    for model in ("other-a", "other-b"):
+        assert _chat(workers.url, model) == 200
+
+    def seen() -> bool:
+        result = prometheus.query('sum(relaygate_requests_total{status="200"})')
+        return bool(result) and float(result[0]["value"][1]) == 8
+
+    assert until(seen, timeout=30), (prometheus.query("relaygate_requests_total"), prometheus.targets_health())
+    series = prometheus.query('relaygate_requests_total{route="demo-chat"}')
+    assert len(series) == 1
+    labels = series[0]["metric"]
+    assert labels["model"] == "demo-chat" and labels["provider"] == "demo" and labels["client"] == "anonymous"
+    assert labels.get("error_type", "") == ""  # Prometheus drops empty labels
+    assert float(series[0]["value"][1]) == 6
+    by_route = prometheus.query("sum by (route) (relaygate_requests_total)")
+    assert {r["metric"]["route"]: float(r["value"][1]) for r in by_route} == {"demo-chat": 6, "*": 2}
+    health = prometheus.targets_health()
+    assert [t["health"] for t in health] == ["up"], health
+    assert prometheus.query("gen_ai_client_token_usage_count")  # the histograms arrive too
