@@ -21,7 +21,7 @@ from __future__ import annotations
 import os
 import time
 from bisect import bisect_left
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, disable_created_metrics
@@ -103,6 +103,8 @@ class Metrics:
             self.inflight.set_function(inflight)
             ProcessCollector(registry=reg)
         self._inflight = inflight
+        #: Where `relaygate_breaker_open` is read at each flush: provider name -> open (not closed).
+        self.breaker_source: Callable[[], Mapping[str, bool]] | None = None
         for result in RELOAD_RESULTS:
             self.reloads.labels(result)
         for scope in LIMIT_SCOPES:
@@ -243,6 +245,9 @@ class Metrics:
             self.rejections.labels(*rkey).inc(count)
         if self.multiprocess_dir is not None:
             self.inflight.set(self._inflight())
+        if self.breaker_source is not None:
+            for provider, is_open in self.breaker_source().items():
+                self.breaker.labels(provider).set(1 if is_open else 0)
 
     # -------------------------------------------------------------- exposition
 
