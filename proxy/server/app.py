@@ -50,15 +50,19 @@ class GatewayState:
         runtime = preloaded
         if runtime is None:
             runtime = await asyncio.to_thread(load_runtime, self.config_path, self.extra_plugins)
-        self.telemetry.attach(runtime, None)
-        try:
-            await runtime.start()
-        except BaseException:
-            await self.telemetry.release(runtime, None)
-            raise
+        await self._start(runtime, None)
         self.runtime = runtime
         if runtime.config.open:
             log.warning("no clients: section; the gateway is open to anyone who can reach it")
+
+    async def _start(self, runtime: Runtime, previous: Runtime | None) -> None:
+        """Start `runtime` with its telemetry; if it fails, what it opened is closed again."""
+        self.telemetry.attach(runtime, previous)
+        try:
+            await runtime.start(previous=previous)
+        except BaseException:
+            await self.telemetry.release(runtime, previous)
+            raise
 
     async def reload(self) -> bool:
         """Swap in a freshly loaded config; keep the old one if the new one is invalid."""
@@ -68,12 +72,7 @@ class GatewayState:
         async with self._reload_lock:
             try:
                 runtime = await asyncio.to_thread(load_runtime, self.config_path, self.extra_plugins)
-                self.telemetry.attach(runtime, self.runtime)
-                try:
-                    await runtime.start(previous=self.runtime)
-                except BaseException:
-                    await self.telemetry.release(runtime, self.runtime)
-                    raise
+                await self._start(runtime, self.runtime)
             except ConfigError as exc:
                 log.error("reload of %s refused, keeping the running config:\n%s", self.config_path, exc)
                 self.telemetry.reloaded(False)
