@@ -31,7 +31,7 @@ CHAT = [{"role": "user", "content": "drain me"}]
 @pytest.fixture
 def slow_upstream() -> Iterator[FakeOpenAI]:
     fake = FakeOpenAI(api_key=ENV["UPSTREAM_KEY"])
-    fake.on("slow", Behaviour(chunk_delay=0.1, words=15))  # about 2 s per stream
+    fake.on("slow", Behaviour(chunk_delay=0.1, words=30))  # about 3 s per stream
     fake.on("endless", Behaviour(chunk_delay=0.2, words=1000))  # far longer than any grace here
     fake.on("stuck", Behaviour(delay=60))  # no answer at all
     with FakeServer(fake.app) as server:
