@@ -15,7 +15,6 @@ nothing measurable by construction: a gateway without `telemetry.otlp` runs thre
 from __future__ import annotations
 
 import argparse
-import resource
 import statistics
 import sys
 import tempfile
@@ -123,10 +122,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=3.0)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--mode", default="json,stream", help="json, stream or both (comma list)")
-    args = parser.parse_args()
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 8192)), hard))
-    uvloop.run(main_async(args))
+    uvloop.run(main_async(parser.parse_args()))
 
 
 if __name__ == "__main__":

@@ -219,6 +219,17 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(sock.getsockname()[1])
 
 
+def _terminate(proc: Any, timeout: float = 5) -> None:
+    """Stop a server's process: SIGTERM, then SIGKILL if it lingers."""
+    if proc is not None and proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout)
+        except Exception:
+            proc.kill()
+            proc.wait(5)
+
+
 class RedisServer:
     """A private `redis-server` on a free loopback port, in a temporary directory.
 
@@ -266,13 +277,7 @@ class RedisServer:
 
     def stop(self) -> None:
         proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(5)
-            except Exception:
-                proc.kill()
-                proc.wait(5)
+        _terminate(proc)
         if proc is not None and proc.stderr is not None:
             proc.stderr.close()
 
@@ -370,13 +375,7 @@ class PrometheusServer:
 
     def stop(self) -> None:
         proc, self._proc = self._proc, None
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except Exception:
-                proc.kill()
-                proc.wait(5)
+        _terminate(proc, 10)
         if proc is not None:
             self._log.close()
 

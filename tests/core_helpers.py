@@ -5,7 +5,7 @@ from __future__ import annotations
 import http.client
 import subprocess
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -108,6 +108,16 @@ def access_record(gw: Any, request_id: str, *, timeout: float = 3.0) -> dict[str
         if time.monotonic() > deadline:
             raise AssertionError(f"no access record for {request_id}: {gw.access_log}")
         time.sleep(0.01)
+
+
+def until(predicate: Callable[[], bool], timeout: float = 10) -> bool:
+    """Whether `predicate` became true within `timeout` seconds (polled every 50 ms)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
 
 
 def wait_healthy(url: str, proc: subprocess.Popen[bytes], timeout: float = 15) -> None:

@@ -6,9 +6,7 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -45,15 +43,6 @@ def scrape(base: str, accept: str | None = None) -> Scrape:
         assert resp.status == 200
         assert resp.headers["Content-Type"].startswith("text/plain")
         return Scrape(resp.read().decode())
-
-
-def until(predicate: Callable[[], bool], timeout: float = 10) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 class Served:

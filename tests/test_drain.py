@@ -18,9 +18,9 @@ from pathlib import Path
 
 import orjson
 import pytest
-from core_helpers import CLIENT_KEY, ENV, config_yaml, raw, sse_data
+from core_helpers import CLIENT_KEY, ENV, config_yaml, raw, sse_data, until
 from fakes.openai_upstream import Behaviour, FakeOpenAI
-from telemetry_helpers import Served, until
+from telemetry_helpers import Served
 
 from proxy.testing import FakeServer
 

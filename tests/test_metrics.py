@@ -10,9 +10,9 @@ from collections.abc import Callable
 import openai
 import orjson
 import pytest
-from core_helpers import CLIENT_KEY, LIMITED_KEY, UPSTREAM_KEY, config_yaml, post_json, raw
+from core_helpers import CLIENT_KEY, LIMITED_KEY, UPSTREAM_KEY, config_yaml, post_json, raw, until
 from fakes.openai_upstream import Behaviour, FakeOpenAI, free_port
-from telemetry_helpers import Scrape, scrape, until
+from telemetry_helpers import Scrape, scrape
 
 from proxy.errors import ERROR_TYPES
 from proxy.testing import Gateway

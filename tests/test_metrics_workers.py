@@ -9,8 +9,9 @@ from pathlib import Path
 
 import orjson
 import pytest
+from core_helpers import until
 from prometheus_client.multiprocess import MultiProcessCollector
-from telemetry_helpers import Served, scrape, until
+from telemetry_helpers import Served, scrape
 
 from proxy.testing import PrometheusServer
 

@@ -7,13 +7,13 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import orjson
 import pytest
 from core_helpers import CLIENT_KEY, config_yaml, post_json, raw, sse_data, wait_healthy
+from core_helpers import until as _until
 from fakes.openai_upstream import FakeOpenAI, free_port
 
 from proxy.testing import Gateway
@@ -88,15 +88,6 @@ def served(tmp_path: Path) -> Iterator[Served]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(5)
-
-
-def _until(predicate: Callable[[], bool], timeout: float = 5) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def test_sighup_reloads_good_file_and_keeps_inflight_stream(served: Served) -> None:

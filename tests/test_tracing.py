@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 import openai
 import pytest
 from aiohttp import web
-from core_helpers import CLIENT_KEY, config_yaml
+from core_helpers import CLIENT_KEY, config_yaml, until
 from fakes.openai_upstream import Behaviour, FakeOpenAI, free_port
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
@@ -21,7 +21,6 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
-from telemetry_helpers import until
 
 from proxy.errors import ConfigError
 from proxy.testing import FakeServer, Gateway
