@@ -20,8 +20,8 @@ from responses_helpers import CLIENT_KEY, create, error_of, responses_config, st
 from proxy.testing import Gateway
 
 PNG = base64.b64encode(b"\x89PNG\r\n\x1a\n" + b"\x00" * 32).decode()
-WEATHER = {"type": "function", "name": "get_weather", "description": "Weather in a city",
-           "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}  # fmt: skip
+CITY = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
+WEATHER = {"type": "function", "name": "get_weather", "description": "Weather in a city", "parameters": CITY}
 
 
 @pytest.fixture
@@ -106,8 +106,8 @@ def test_tool_round_trip_resending_items(client: openai.OpenAI, upstream: FakeOp
     assert orjson.loads(calls[0].arguments) == {"echo": question}
     assert first.tools[0].name == "get_weather" and first.tools[0].strict is True
     sent = upstream.last("/v1/chat/completions").json
-    assert sent["tools"] == [{"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
-                                                               "parameters": WEATHER["parameters"]}}]  # fmt: skip
+    fn = {"name": "get_weather", "description": "Weather in a city", "parameters": CITY}
+    assert sent["tools"] == [{"type": "function", "function": fn}]
     follow = [
         {"role": "user", "content": question},
         *[item.model_dump(mode="json", exclude_unset=True, by_alias=True) for item in first.output],
