@@ -180,6 +180,12 @@ class StreamTranslator:
             return
         choice = choices[0]
         delta = choice.get("delta") or {}
+        content = delta.get("content")
+        if content and self.open is not None and self.open.kind == "message" and len(delta) == 1:
+            out.append(self._delta(self.open, content))  # the common case: more text
+            if choice.get("finish_reason"):
+                self.finish_reason = choice["finish_reason"]
+            return
         rid = self.response["id"]
         text, signature, redacted = reasoning_of(delta)
         if signature:
@@ -195,7 +201,7 @@ class StreamTranslator:
                 self.open = self._add("reasoning", data, out)
             if text:
                 out.append(self._delta(self.open, text))
-        content = delta.get("content") or delta.get("refusal")  # a refusal is shown as text
+        content = content or delta.get("refusal")  # a refusal is shown as text
         if content and isinstance(content, str):
             if self.open is None or self.open.kind != "message":
                 if self.open is not None:
