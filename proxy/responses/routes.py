@@ -49,10 +49,6 @@ def _includes(request: web.Request) -> bool:
     return ENCRYPTED in values
 
 
-def _json(call: Call, body: Any, status: int = 200) -> web.Response:
-    call.status = status
-    headers = {"x-request-id": call.request_id}
-    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json", headers=headers)
 
 
 async def _forward(request: web.Request, runtime: Runtime, call: Call, record: Record, path: str) -> Reply:
@@ -89,6 +85,10 @@ class _Routes:
             call.model = record.response.get("model")
         return response_id, record
 
+    async def _json(self, request: web.Request, call: Call, body: Any) -> web.StreamResponse:
+        """Answer with `body`, written before the access log runs (as for every other route)."""
+        return await self.fwd._respond(request, call, Reply(body=orjson.dumps(body)), None)
+
     async def one(self, request: web.Request, runtime: Runtime, call: Call) -> web.StreamResponse:
         if request.method not in ("GET", "DELETE"):
             raise MethodNotAllowed(f"{request.method} is not allowed on {request.path}; use GET or DELETE.")
@@ -101,11 +101,11 @@ class _Routes:
         assert record.response is not None
         if request.method == "DELETE":
             await store_of(runtime).delete(response_id)
-            return _json(call, {"id": response_id, "object": "response.deleted", "deleted": True})
+            return await self._json(request, call, {"id": response_id, "object": "response.deleted", "deleted": True})
         if request.query.get("stream", "").lower() == "true":
             raise InvalidRequest("Streaming a stored response is not available for translated responses.",
                                  param="stream", code="unsupported_parameter")  # fmt: skip
-        return _json(call, for_client(record.response, _includes(request)))
+        return await self._json(request, call, for_client(record.response, _includes(request)))
 
 
     async def input_items(self, request: web.Request, runtime: Runtime, call: Call) -> web.StreamResponse:
@@ -133,7 +133,7 @@ class _Routes:
                 raise InvalidRequest(f"Invalid 'after': no item '{after}' in this response's input.", param="after")
             items = items[at + 1 :]
         page = items[:limit]
-        return _json(call, {
+        return await self._json(request, call, {
             "object": "list",
             "data": page,
             "first_id": page[0]["id"] if page else "",

@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 
 from ..errors import InvalidRequest, NotFound, UpstreamError
+from ..server.journey import Send
 from ..server.runtime import Runtime
 from ..types import CHAT, RESPONSES, Call, Reply, Target
 from .ids import new_response_id, response_of_item
@@ -228,13 +229,15 @@ def derived(call: Call, endpoint: str, body: dict[str, Any]) -> Call:
 def _find_item(record: Record, wanted: str) -> dict[str, Any] | None:
     if record.response is None:
         return None
-    for item in (*(record.input or ()), *record.response["output"]):
-        if item.get("id") == wanted:
-            return item
+    output: list[dict[str, Any]] = record.response["output"]
+    for items in (record.input or [], output):
+        for item in items:
+            if item.get("id") == wanted:
+                return item
     return None
 
 
-async def plan(runtime: Runtime, call: Call) -> Any:
+async def plan(runtime: Runtime, call: Call) -> Send:
     """The Responses API's `Plan` for `Forwarder.model_call`: prepare, then send per target."""
     assert call.client is not None
     session = Session(call, store_of(runtime), call.client.name)
