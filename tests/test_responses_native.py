@@ -119,3 +119,22 @@ def test_config_refuses_native_where_it_cannot_pass_through(upstream: FakeOpenAI
     path.write_text("providers:\n  d: {type: demo, responses: sometimes}\nroutes: []\n")
     with pytest.raises(ConfigError, match="native, translate"):
         load_config(path, types)
+
+
+@pytest.mark.parametrize("chained", [False, True])
+def test_native_tool_round_trip_and_sdk_stream(gw: Gateway, upstream: FakeOpenAI, chained: bool) -> None:
+    tool = {"type": "function", "name": "lookup", "parameters": {"type": "object", "properties": {}}, "strict": False}
+    with openai.OpenAI(base_url=gw.base_url, api_key=CLIENT_KEY, max_retries=0) as client:
+        with client.responses.stream(model="gpt-4o", input="use the tool please", tools=[tool]) as stream:  # type: ignore[list-item]
+            first = stream.get_final_response()
+        call = next(item for item in first.output if item.type == "function_call")
+        output = {"type": "function_call_output", "call_id": call.call_id, "output": "found"}
+        if chained:
+            second = client.responses.create(model="gpt-4o", previous_response_id=first.id, input=[output],  # type: ignore[list-item]
+                                             tools=[tool])  # type: ignore[list-item]  # fmt: skip
+        else:
+            items = [{"role": "user", "content": "use the tool please"},
+                     *[item.model_dump(mode="json", exclude_unset=True) for item in first.output], output]  # fmt: skip
+            second = client.responses.create(model="gpt-4o", input=items, tools=[tool])  # type: ignore[arg-type, list-item]
+        assert second.output_text == "The tool said: found"
+        assert upstream.last("/v1/responses").json.get("previous_response_id") == (first.id if chained else None)

@@ -257,3 +257,14 @@ def test_demo_provider_streams_and_answers(gw: Gateway) -> None:
     assert body["output"][0]["content"][0]["text"].endswith("hello demo")
     events = stream_events(gw, {"model": "demo-chat", "input": "stream demo"})
     validate_response_stream(events, terminal="response.completed")
+
+
+def test_demo_tool_round_trip(client: openai.OpenAI) -> None:
+    first = client.responses.create(model="demo-chat", input="call it", tools=[WEATHER], tool_choice="required")
+    call = next(item for item in first.output if item.type == "function_call")
+    assert call.name == "get_weather"
+    second = client.responses.create(
+        model="demo-chat", previous_response_id=first.id, tools=[WEATHER],
+        input=[{"type": "function_call_output", "call_id": call.call_id, "output": "fine"}],
+    )  # fmt: skip
+    assert second.status == "completed" and second.output_text

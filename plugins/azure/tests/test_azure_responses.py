@@ -90,3 +90,26 @@ def test_v1_mode_passes_through_natively_with_ownership(azure: tuple[Any, str]) 
         assert (record["tokens_in"], record["tokens_out"]) == (8, 3)
         client.close()
         other.close()
+
+
+def test_tool_round_trips_and_errors_on_a_deployment(azure: tuple[Any, str]) -> None:
+    state, url = azure
+    tool = {"type": "function", "name": "get_weather", "parameters": {"type": "object", "properties": {}}}
+    with Gateway(config(url), env=ENV) as gw, azure_client(gw) as client:
+        first = client.responses.create(model="gpt-4o", input="weather?", tools=[tool], tool_choice="required")  # type: ignore[list-item]
+        call = next(item for item in first.output if item.type == "function_call")
+        assert (call.call_id, call.arguments) == ("call_azure_1", '{"city":"Paris"}')
+        output = {"type": "function_call_output", "call_id": call.call_id, "output": "rain"}
+        chained = client.responses.create(model="gpt-4o", previous_response_id=first.id, input=[output],  # type: ignore[list-item]
+                                          tools=[tool])  # type: ignore[list-item]  # fmt: skip
+        assert chained.output_text == "Hello from Azure"
+        assert [m["role"] for m in state.seen()["body"]["messages"]] == ["user", "assistant", "tool"]
+        items = [{"role": "user", "content": "weather?"},
+                 *[item.model_dump(mode="json", exclude_unset=True) for item in first.output], output]  # fmt: skip
+        client.responses.create(model="gpt-4o", input=items, tools=[tool])  # type: ignore[arg-type, list-item]
+        assert state.seen()["body"]["messages"][1]["tool_calls"][0]["id"] == "call_azure_1"
+        try:
+            client.responses.create(model="gpt-4o", input="rate limit me")
+            raise AssertionError("expected a 429")
+        except openai.RateLimitError as exc:
+            assert exc.status_code == 429

@@ -147,3 +147,18 @@ def test_the_access_log_counts_translated_usage(gw: Gateway) -> None:
     record = gw.wait_access_log(1)[-1]
     assert (record["provider"], record["upstream_model"], record["route"]) == ("bedrock", CLAUDE, "/v1/responses")
     assert (record["tokens_in"], record["tokens_out"]) == (11, 7)
+
+
+def test_structured_output_and_tools_without_reasoning(gw: Gateway, fake: FakeBedrock) -> None:
+    schema = {"type": "object", "properties": {"a": {"type": "string"}}}
+    create(gw, {"model": "claude", "input": "json", "text": {"format": {"type": "json_schema", "name": "r",
+                                                                          "schema": schema}}})  # fmt: skip
+    structure = fake.requests[-1].json["outputConfig"]["textFormat"]["structure"]["jsonSchema"]
+    assert structure["name"] == "r"
+    first = create(gw, {"model": "nova", "input": "x [[use-tool:1]]", "tools": [WEATHER], "stream": True})
+    call = first["output"][-1]
+    assert call["type"] == "function_call" and call["arguments"] == '{"city":"Paris"}'
+    items = [{"role": "user", "content": "x [[use-tool:1]]"}, *first["output"],
+             {"type": "function_call_output", "call_id": call["call_id"], "output": "ok"}]  # fmt: skip
+    second = create(gw, {"model": "nova", "input": items, "tools": [WEATHER]})
+    assert second["output"][-1]["content"][0]["text"] == "Tool said: ok"

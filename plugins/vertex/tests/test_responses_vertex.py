@@ -84,3 +84,29 @@ async def test_agents_sdk_runs_a_tool_agent_to_completion(google: tuple[Any, str
         assert [r["route"] for r in records[-2:]] == ["/v1/responses", "/v1/responses"]
         assert all(r["status"] == 200 and r["tokens_out"] for r in records[-2:])
         await client.close()
+
+
+def test_resent_items_structured_output_images_and_errors(google: tuple[Any, str, Path]) -> None:
+    state, url, account = google
+    with Gateway(config(url, account)) as gw, client_for(gw) as client:
+        first = client.responses.create(model="gemini-2.0-flash", input="Please use the tool", tools=[WEATHER])
+        call = next(item for item in first.output if item.type == "function_call")
+        items = [{"role": "user", "content": "Please use the tool"},
+                 *[item.model_dump(mode="json", exclude_unset=True) for item in first.output],
+                 {"type": "function_call_output", "call_id": call.call_id, "output": "cold"}]  # fmt: skip
+        second = client.responses.create(model="gemini-2.0-flash", input=items, tools=[WEATHER], store=False)  # type: ignore[arg-type]
+        assert second.output_text == "Gemini heard: cold"
+
+        schema = {"type": "object", "properties": {"a": {"type": "string"}}}
+        client.responses.create(model="gemini-2.0-flash", input="json",
+                                text={"format": {"type": "json_schema", "name": "r", "schema": schema}})  # fmt: skip
+        assert state.seen()["body"]["response_format"] == {"type": "json_schema",
+                                                           "json_schema": {"name": "r", "schema": schema}}  # fmt: skip
+        image = "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkAAIAAAoAAv/lxKUAAAAASUVORK5CYII="
+        client.responses.create(model="gemini-2.0-flash", input=[{"role": "user", "content": [
+            {"type": "input_image", "image_url": image, "detail": "high"}]}])  # fmt: skip
+        part = state.seen()["body"]["messages"][0]["content"][0]
+        assert part == {"type": "image_url", "image_url": {"url": image}}  # Vertex takes no `detail`
+
+        with pytest.raises(openai.RateLimitError):
+            client.responses.create(model="gemini-2.0-flash", input="google 429")
