@@ -102,7 +102,8 @@ def test_resent_items_structured_output_images_and_errors(google: tuple[Any, str
                                 text={"format": {"type": "json_schema", "name": "r", "schema": schema}})  # fmt: skip
         assert state.seen()["body"]["response_format"] == {"type": "json_schema",
                                                            "json_schema": {"name": "r", "schema": schema}}  # fmt: skip
-        image = "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkAAIAAAoAAv/lxKUAAAAASUVORK5CYII="
+        image = ("data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkAAIAAAoAAv/"
+                 "lxKUAAAAASUVORK5CYII=")
         client.responses.create(model="gemini-2.0-flash", input=[{"role": "user", "content": [
             {"type": "input_image", "image_url": image, "detail": "high"}]}])  # fmt: skip
         part = state.seen()["body"]["messages"][0]["content"][0]
