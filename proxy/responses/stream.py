@@ -234,6 +234,9 @@ class StreamTranslator:
             self.finish_reason = choice["finish_reason"]
 
     async def _end(self, out: list[bytes]) -> None:
+        if self.finish_reason is None:  # cut off: completing it would pass a partial answer off as whole
+            raise UpstreamError("The provider's stream ended before the answer was complete.",
+                                code="incomplete_stream")  # fmt: skip
         if self.open is not None:
             self._close(self.open, out)
             self.open = None
