@@ -265,6 +265,29 @@ def _wait(port: int, proc: subprocess.Popen[bytes]) -> None:
     raise RuntimeError(f"nothing listening on {port}")
 
 
+def stop_all(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(5)
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def print_results(results: dict[str, list[tuple[float, float, float]]]) -> dict[str, float]:
+    """The table of (CPU s/req, req/s, p50 s) rounds per path; the median CPU per path."""
+    print("| path | CPU ms/req | req/s | p50 latency ms |\n|---|---:|---:|---:|")
+    medians = {}
+    for name, rows in results.items():
+        medians[name] = statistics.median(r[0] for r in rows)
+        print(f"| {name} | {medians[name] * 1e3:.3f} | {statistics.median(r[1] for r in rows):.0f} | "
+              f"{statistics.median(r[2] for r in rows) * 1e3:.3f} |")
+    print()
+    return medians
+
+
 async def end_to_end(duration: float, chunks: int, rounds: int) -> None:
     sys.path.insert(0, str(BENCH))
     from loadgen import build_request, run_load
@@ -319,27 +342,13 @@ async def end_to_end(duration: float, chunks: int, rounds: int) -> None:
                 results[name].append((cpu, res.rps, lat))
         print(f"## End to end (gateway process CPU per request, 1 connection, {chunks} chunks per stream, "
               f"median of {rounds} rounds of {duration:g} s)\n")
-        print("| path | CPU ms/req | req/s | p50 latency ms |\n|---|---:|---:|---:|")
-        medians = {}
-        for name, rows in results.items():
-            cpu = statistics.median(r[0] for r in rows)
-            medians[name] = cpu
-            print(f"| {name} | {cpu * 1e3:.3f} | {statistics.median(r[1] for r in rows):.0f} | "
-                  f"{statistics.median(r[2] for r in rows) * 1e3:.3f} |")
-        print()
+        medians = print_results(results)
         print(f"Converse / pass-through CPU: {medians['Bedrock Converse'] / medians['OpenAI pass-through']:.2f}x; "
               f"stream: {medians['Bedrock ConverseStream'] / medians['OpenAI pass-through stream']:.2f}x")
         extra = (medians["Bedrock ConverseStream"] - medians["Bedrock Converse"]) / (chunks + 4)
         print(f"Bedrock stream cost per event beyond a non-stream request: {extra * 1e6:.1f} µs")
     finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.terminate()
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(5)
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.wait()
+        stop_all(procs)
 
 
 def main() -> None:

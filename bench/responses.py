@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import statistics
 import subprocess
 import sys
@@ -29,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from bedrock import _cpu, _free_port, _wait
+from bedrock import _cpu, _free_port, _wait, print_results, stop_all
 from run import chat_body, chat_request
 
 HERE = Path(__file__).resolve().parent
@@ -192,26 +191,13 @@ async def end_to_end(duration: float, chunks: int, rounds: int) -> None:
                 results[name].append((cpu, res.rps, lat))
         print(f"## End to end (gateway process CPU per request, 1 connection, {chunks} chunks per stream, "
               f"median of {rounds} rounds of {duration:g} s)\n")
-        print("| path | CPU ms/req | req/s | p50 latency ms |\n|---|---:|---:|---:|")
-        medians = {}
-        for name, rows in results.items():
-            medians[name] = statistics.median(r[0] for r in rows)
-            print(f"| {name} | {medians[name] * 1e3:.3f} | {statistics.median(r[1] for r in rows):.0f} | "
-                  f"{statistics.median(r[2] for r in rows) * 1e3:.3f} |")
-        print()
+        medians = print_results(results)
         print(f"Responses / chat CPU: {medians['Responses, translated'] / medians['chat']:.2f}x (budget 1.5x); "
               f"stream: {medians['Responses stream, translated'] / medians['chat stream']:.2f}x")
         extra = (medians["Responses stream, translated"] - medians["Responses, translated"]) / (chunks + 3)
         print(f"Translated stream cost per event beyond a non-stream request: {extra * 1e6:.1f} µs (budget 20 µs)")
     finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.terminate()
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(5)
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.wait()
+        stop_all(procs)
 
 
 def main() -> None:

@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 import base64
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import openai
 import orjson
@@ -26,13 +26,8 @@ WEATHER = {"type": "function", "name": "get_weather", "description": "Weather in
 
 @pytest.fixture
 def gw(upstream: FakeOpenAI, make_gateway: Callable[..., Gateway]) -> Gateway:
+    """The shared `client` fixture drives this gateway."""
     return make_gateway(responses_config(upstream.url))
-
-
-@pytest.fixture
-def client(gw: Gateway) -> Iterator[openai.OpenAI]:
-    with openai.OpenAI(base_url=gw.base_url, api_key=CLIENT_KEY, max_retries=0, timeout=20) as c:
-        yield c
 
 
 def test_text_answer_is_a_spec_valid_response_that_echoes_the_request(

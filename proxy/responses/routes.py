@@ -17,7 +17,7 @@ from ..server.journey import Forwarder
 from ..server.runtime import Runtime
 from ..types import PASSTHROUGH, RESPONSES, Call, Reply, Target
 from .response import for_client
-from .session import ENCRYPTED, plan, store_of
+from .session import ENCRYPTED, derived, plan, store_of
 from .store import Record
 
 PREFIXES = ("/v1", "/openai/v1", "/openai")
@@ -56,16 +56,7 @@ async def _forward(request: web.Request, runtime: Runtime, call: Call, record: R
     provider = runtime.config.providers.get(record.provider or "")
     if provider is None:
         raise NotFound(f"Response with id '{path.split('/')[1]}' not found.", param="response_id")
-    up = Call(
-        request_id=call.request_id,
-        endpoint=PASSTHROUGH,
-        method=request.method,
-        path=path,
-        query_string=request.query_string,
-        headers=call.headers,
-        config=call.config,
-        client=call.client,
-    )
+    up = derived(call, PASSTHROUGH, None, method=request.method, path=path, query=request.query_string)
     target = Target(provider=provider, model="")
     call.target = target
     return await provider.send(up, target)

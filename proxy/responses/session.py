@@ -205,14 +205,15 @@ def native(target: Target) -> bool:
     return target.provider.responses == "native"
 
 
-def derived(call: Call, endpoint: str, body: dict[str, Any]) -> Call:
-    """The call an attempt sends: the client's request as `endpoint` with `body`."""
+def derived(call: Call, endpoint: str, body: dict[str, Any] | None, *, method: str = "POST",
+            path: str | None = None, query: str = "") -> Call:  # fmt: skip
+    """What is sent upstream on the client's behalf: its request as `endpoint` with `body`."""
     return Call(
         request_id=call.request_id,
         endpoint=endpoint,
-        method="POST",
-        path=endpoint,
-        query_string="",
+        method=method,
+        path=path or endpoint,
+        query_string=query,
         headers=call.headers,
         config=call.config,
         body=body,
@@ -222,7 +223,7 @@ def derived(call: Call, endpoint: str, body: dict[str, Any]) -> Call:
         targets=call.targets,
         target=call.target,
         upstream_headers=call.upstream_headers,
-        body_dirty=True,
+        body_dirty=body is not None,
     )
 
 
