@@ -138,3 +138,11 @@ def test_native_tool_round_trip_and_sdk_stream(gw: Gateway, upstream: FakeOpenAI
             second = client.responses.create(model="gpt-4o", input=items, tools=[tool])  # type: ignore[arg-type, list-item]
         assert second.output_text == "The tool said: found"
         assert upstream.last("/v1/responses").json.get("previous_response_id") == (first.id if chained else None)
+
+
+def test_a_native_stream_ends_at_its_terminal_event(gw: Gateway, upstream: FakeOpenAI) -> None:
+    """An upstream that lingers after `response.completed` does not hold the client's response open."""
+    upstream.on("gpt-4o", Behaviour(linger=60))
+    resp = post_json(f"{gw.base_url}/responses", {"model": "gpt-4o", "input": "quick", "stream": True}, timeout=15)
+    events = validate_response_stream(parse_response_stream(resp.body), terminal="response.completed")
+    assert events[-1]["response"]["status"] == "completed"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import email.parser
 import email.policy
 import hashlib
@@ -67,6 +68,7 @@ class Behaviour:
     split_writes: bool = False  # write each SSE event in two pieces (events straddle TCP reads)
     crlf: bool = False  # end SSE lines with CRLF, as some servers and proxies do
     body: bytes | None = None  # a raw body instead of the normal one (sent as text/html if status >= 400)
+    linger: float = 0.0  # seconds to hold a Responses stream open after its last event
 
 
 _ERROR_DEFAULTS: dict[int, tuple[str, str | None, str]] = {
@@ -601,6 +603,9 @@ class FakeOpenAI:
                 request.transport.abort()
                 return resp
             await resp.write(ev)
+        if b.linger:
+            with contextlib.suppress(asyncio.CancelledError, ConnectionResetError):
+                await asyncio.sleep(b.linger)
         await resp.write_eof()
         self.completed.append(model)
         return resp
