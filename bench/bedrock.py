@@ -265,6 +265,29 @@ def _wait(port: int, proc: subprocess.Popen[bytes]) -> None:
     raise RuntimeError(f"nothing listening on {port}")
 
 
+Results = dict[str, list[tuple[float, float, float]]]
+
+
+async def measure(gw: subprocess.Popen[bytes], port: int, cells: list[tuple[str, bytes]], duration: float,
+                  rounds: int, work: Path) -> Results:  # fmt: skip
+    """(gateway CPU s/req, req/s, p50 s) per named raw request and round, at one connection."""
+    from loadgen import run_load
+
+    results: Results = {name: [] for name, _ in cells}
+    for name, raw in cells:  # warm up
+        res = await run_load(HOST, port, raw, concurrency=1, duration=None, requests=300)
+        if res.errors:
+            raise RuntimeError(f"{name}: {res.errors} errors (see {work})")
+    for _ in range(rounds):  # interleaved, so a burst of foreign load hits every cell alike
+        for name, raw in cells:
+            cpu0 = _cpu(gw.pid)
+            res = await run_load(HOST, port, raw, concurrency=1, duration=duration, requests=None)
+            cpu = (_cpu(gw.pid) - cpu0) / max(res.count, 1)
+            lat = statistics.median(res.latencies) if res.latencies else 0.0
+            results[name].append((cpu, res.rps, lat))
+    return results
+
+
 def stop_all(procs: list[subprocess.Popen[bytes]]) -> None:
     for proc in procs:
         if proc.poll() is None:
@@ -276,7 +299,7 @@ def stop_all(procs: list[subprocess.Popen[bytes]]) -> None:
                 proc.wait()
 
 
-def print_results(results: dict[str, list[tuple[float, float, float]]]) -> dict[str, float]:
+def print_results(results: Results) -> dict[str, float]:
     """The table of (CPU s/req, req/s, p50 s) rounds per path; the median CPU per path."""
     print("| path | CPU ms/req | req/s | p50 latency ms |\n|---|---:|---:|---:|")
     medians = {}
@@ -290,7 +313,7 @@ def print_results(results: dict[str, list[tuple[float, float, float]]]) -> dict[
 
 async def end_to_end(duration: float, chunks: int, rounds: int) -> None:
     sys.path.insert(0, str(BENCH))
-    from loadgen import build_request, run_load
+    from loadgen import build_request
 
     work = Path(tempfile.mkdtemp(prefix="bench-bedrock-"))
     procs: list[subprocess.Popen[bytes]] = []
@@ -325,21 +348,9 @@ async def end_to_end(duration: float, chunks: int, rounds: int) -> None:
         headers = {"Content-Type": "application/json", "Authorization": f"Bearer {CLIENT_KEY}"}
         cells = [("OpenAI pass-through", "bench-model", False), ("Bedrock Converse", "claude", False),
                  ("OpenAI pass-through stream", "bench-model", True), ("Bedrock ConverseStream", "claude", True)]
-        results: dict[str, list[tuple[float, float, float]]] = {name: [] for name, _, _ in cells}
-        for name, model, stream in cells:  # warm up
-            raw = build_request(HOST, gw_port, "/v1/chat/completions", chat_body(stream, model), headers)
-            res = await run_load(HOST, gw_port, raw, concurrency=1, duration=None, requests=300)
-            if res.errors:
-                raise RuntimeError(f"{name}: {res.errors} errors (see {work})")
-        for _ in range(rounds):  # interleaved, so a burst of foreign load hits every cell alike
-            for name, model, stream in cells:
-                raw = build_request(HOST, gw_port, "/v1/chat/completions", chat_body(stream, model),
-                                    headers)
-                cpu0 = _cpu(gw.pid)
-                res = await run_load(HOST, gw_port, raw, concurrency=1, duration=duration, requests=None)
-                cpu = (_cpu(gw.pid) - cpu0) / max(res.count, 1)
-                lat = statistics.median(res.latencies) if res.latencies else 0.0
-                results[name].append((cpu, res.rps, lat))
+        requests = [(name, build_request(HOST, gw_port, "/v1/chat/completions", chat_body(stream, model), headers))
+                    for name, model, stream in cells]  # fmt: skip
+        results = await measure(gw, gw_port, requests, duration, rounds, work)
         print(f"## End to end (gateway process CPU per request, 1 connection, {chunks} chunks per stream, "
               f"median of {rounds} rounds of {duration:g} s)\n")
         medians = print_results(results)

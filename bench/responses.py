@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -28,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from bedrock import _cpu, _free_port, _wait, print_results, stop_all
+from bedrock import _free_port, _wait, measure, print_results, stop_all
 from run import chat_body, chat_request
 
 HERE = Path(__file__).resolve().parent
@@ -141,7 +140,7 @@ async def micro(n: int, chunks: int) -> None:
 
 
 async def end_to_end(duration: float, chunks: int, rounds: int) -> None:
-    from loadgen import build_request, run_load
+    from loadgen import build_request
 
     work = Path(tempfile.mkdtemp(prefix="bench-responses-"))
     procs: list[subprocess.Popen[bytes]] = []
@@ -175,20 +174,8 @@ async def end_to_end(duration: float, chunks: int, rounds: int) -> None:
             ("chat stream", "/v1/chat/completions", chat_body(True)),
             ("Responses stream, translated", "/v1/responses", orjson.dumps(responses_request(True))),
         ]
-        results: dict[str, list[tuple[float, float, float]]] = {name: [] for name, _, _ in cells}
-        for name, path, body in cells:  # warm up
-            res = await run_load(HOST, gw_port, build_request(HOST, gw_port, path, body, headers), concurrency=1,
-                                 duration=None, requests=300)  # fmt: skip
-            if res.errors:
-                raise RuntimeError(f"{name}: {res.errors} errors (see {work})")
-        for _ in range(rounds):  # interleaved, so a burst of foreign load hits every cell alike
-            for name, path, body in cells:
-                raw = build_request(HOST, gw_port, path, body, headers)
-                cpu0 = _cpu(gw.pid)
-                res = await run_load(HOST, gw_port, raw, concurrency=1, duration=duration, requests=None)
-                cpu = (_cpu(gw.pid) - cpu0) / max(res.count, 1)
-                lat = statistics.median(res.latencies) if res.latencies else 0.0
-                results[name].append((cpu, res.rps, lat))
+        requests = [(name, build_request(HOST, gw_port, path, body, headers)) for name, path, body in cells]
+        results = await measure(gw, gw_port, requests, duration, rounds, work)
         print(f"## End to end (gateway process CPU per request, 1 connection, {chunks} chunks per stream, "
               f"median of {rounds} rounds of {duration:g} s)\n")
         medians = print_results(results)
