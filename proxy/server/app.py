@@ -17,6 +17,7 @@ from pathlib import Path
 from aiohttp import web
 
 from ..errors import ConfigError, MethodNotAllowed, UnknownURL
+from ..responses import add_routes as add_responses_routes
 from ..telemetry import Telemetry
 from ..types import CHAT, COMPLETIONS, EMBEDDINGS
 from . import operations
@@ -177,6 +178,7 @@ def create_app(
     for endpoint in (CHAT, COMPLETIONS, EMBEDDINGS):
         r.add_route("*", f"/openai/deployments/{{deployment}}/{endpoint}", fwd.model_call(endpoint))
     r.add_route("*", "/openai/models", fwd.list_models)
+    add_responses_routes(r, fwd)  # /v1/responses and its Azure-style forms
     r.add_route("*", "/v1/{tail:.*}", fwd.passthrough)
     r.add_route("*", "/{tail:.*}", not_found)
     return app

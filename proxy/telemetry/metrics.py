@@ -181,7 +181,7 @@ class Metrics:
             self._rejections[rkey] = self._rejections.get(rkey, 0) + 1
 
         usage = call.usage
-        operation = OPERATIONS.get(call.endpoint)
+        operation = OPERATIONS.get(call.endpoint) if call.method == "POST" else None  # not GET of a stored response
         if operation is not None:
             gkey = (operation, model, provider)
             genai = self._genai.get(gkey)

@@ -142,7 +142,7 @@ class Tracing:
         call.trace = None
         self._end_attempts(call, trace, final=True)
         span = trace.span
-        operation = OPERATIONS.get(call.endpoint)
+        operation = OPERATIONS.get(call.endpoint) if call.method == "POST" else None
         if operation is not None and call.model:
             span.update_name(f"{operation} {call.model}")
         attrs: dict[str, Any] = {"http.response.status_code": call.status, "relaygate.attempts": len(call.attempts)}
