@@ -268,3 +268,18 @@ def test_names_a_client_invents_under_a_glob_route_are_capped(
     assert got.label_values("model") == {*names[:3], ""}
     assert got.total("relaygate_requests_total", model=names[0]) == 2  # a known name stays known
     assert got.total("relaygate_requests_total", model="") == 3
+
+
+def test_responses_api_requests_are_counted(upstream: FakeOpenAI, make_gateway: Callable[..., Gateway]) -> None:
+    """POST /v1/responses is a GenAI `chat` operation; reading a stored response is counted, not timed."""
+    from responses_helpers import responses_config
+
+    gw = make_gateway(responses_config(upstream.url))
+    created = post_json(f"{gw.base_url}/responses", {"model": "gpt-4o", "input": "count me"})
+    assert created.status == 200, created.body
+    assert raw("GET", f"{gw.base_url}/responses/{created.json['id']}").status == 200
+    assert until(lambda: scrape(gw.url).total("relaygate_requests_total") == 2)
+    got = scrape(gw.url)
+    assert got.total("relaygate_requests_total", model="gpt-4o", provider="up", status="200") == 1
+    assert got.total("gen_ai_server_request_duration_seconds_count", gen_ai_operation_name="chat") == 1
+    assert got.total("relaygate_tokens_total", model="gpt-4o", type="input") == 12
