@@ -48,7 +48,7 @@ class Guardrail:
 
     id: str
     version: str
-    trace: str | None = None  # "enabled" | "disabled" | "enabled_full"
+    trace: str | None = None  # "enabled" | "disabled" | "enabled_full" (the YAML may use any case)
     tag_suffix: str | None = None
     stream_processing_mode: str | None = None  # "sync" | "async" (Converse streams)
 
