@@ -25,3 +25,22 @@ def test_log_level_in_any_case(written: str, tmp_path: Path) -> None:
 def test_unknown_choice_names_the_choices(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"server\.log_level: expected one of DEBUG, INFO, WARNING, ERROR"):
         _load(tmp_path, "server: {log_level: loud}\n")
+
+
+@pytest.mark.parametrize(("written", "base"), [
+    ("https://api.openai.com", "https://api.openai.com/v1"), ("https://api.openai.com/", "https://api.openai.com/v1"),
+    ("https://eu.api.openai.com/v1/", "https://eu.api.openai.com/v1"),
+    ("http://127.0.0.1:8000/v1", "http://127.0.0.1:8000/v1"), ("http://ollama:11434", "http://ollama:11434"),
+])
+def test_openai_base_url(written: str, base: str, tmp_path: Path) -> None:
+    from proxy.builtin.openai import OpenAIProvider
+
+    config = load_config(_write(tmp_path, f"providers:\n  o: {{type: openai, base_url: '{written}'}}\n"),
+                         {"openai": OpenAIProvider})
+    assert config.providers["o"].base_url == base  # type: ignore[attr-defined]
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    return path
