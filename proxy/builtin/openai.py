@@ -7,7 +7,6 @@ from ..hookspecs import hookimpl
 from ..upstream.openai_compat import OpenAICompatibleProvider
 from ..upstream.provider import RegisterProvider
 
-
 _OPENAI_ORIGINS = ("https://api.openai.com", "https://eu.api.openai.com", "https://us.api.openai.com")
 
 

@@ -90,7 +90,11 @@ class Forwarder:
 
     def model_call(self, endpoint: str) -> Handler:
         async def work(request: web.Request, runtime: Runtime, call: Call) -> web.StreamResponse:
-            call.raw_body = await read_body(request, runtime.config.server.max_body_size)
+            # Who is calling is decided from the headers, before a byte of the body is
+            # read: a keyless client cannot hold the connection open by sending it slowly.
+            client = await self._authorize(runtime, call)
+            server = runtime.config.server
+            call.raw_body = await read_body(request, server.max_body_size, server.body_timeout)
             body = parse_json(call.raw_body)
             deployment = request.match_info.get("deployment")
             if deployment and body.get("model") != deployment:
@@ -98,7 +102,7 @@ class Forwarder:
                 call.body_dirty = True
             call.body = body
             call.model, call.stream = check_body(endpoint, body)
-            await self._authorize(runtime, call)
+            _permit(client, call.model)
             await self._route(runtime, call)
             await runtime.chain.rewrite_request(call)
             reply, first = await self._attempt(runtime, call)
@@ -111,14 +115,17 @@ class Forwarder:
             # The upstream would resolve them, and the call could leave its /v1 base URL.
             raise UnknownURL(request.method, request.path)
         call.path = request.rel_url.raw_path[4:]  # after "/v1/", percent-encoded as the client sent it
+        client = await self._authorize(runtime, call)  # from the headers, before the body
         if request.method not in ("GET", "HEAD", "DELETE"):
-            call.raw_body = await read_body(request, runtime.config.server.max_body_size)
+            server = runtime.config.server
+            call.raw_body = await read_body(request, server.max_body_size, server.body_timeout)
         if call.raw_body[:1] == b"{" and request.content_type == "application/json":
             call.body = parse_json(call.raw_body)
             model = call.body.get("model")
             call.model = model if isinstance(model, str) else None
             call.stream = call.body.get("stream") is True
-        client = await self._authorize(runtime, call)
+            if call.model is not None:
+                _permit(client, call.model)
         if call.model is None and client.models is not None:
             # Model-less routes (files, batches, ...) would run on the gateway's own
             # upstream credentials outside the key's model allow-list.
@@ -165,10 +172,8 @@ class Forwarder:
         if client is None:
             raise AuthenticationFailed("No plugin accepted the request's credentials.")
         call.client = client
-        if call.model is not None and not client.allows(call.model):
-            raise PermissionDenied(
-                f"The key '{client.name}' is not allowed to use the model '{call.model}'.", param="model"
-            )
+        if call.model is not None:
+            _permit(client, call.model)
         return client
 
     async def _route(self, runtime: Runtime, call: Call) -> None:
@@ -279,6 +284,12 @@ class Forwarder:
             await runtime.chain.log_request(call)
         except Exception:
             log.exception("log_request hook failed")
+
+
+def _permit(client: Client, model: str) -> None:
+    """Refuse a model outside the key's allow-list."""
+    if not client.allows(model):
+        raise PermissionDenied(f"The key '{client.name}' is not allowed to use the model '{model}'.", param="model")
 
 
 async def _send(request: web.Request, resp: web.Response, call: Call) -> web.Response:
