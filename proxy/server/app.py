@@ -16,7 +16,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from ..errors import ConfigError, MethodNotAllowed, UnknownURL
+from ..errors import ConfigError, MethodNotAllowed
 from ..types import CHAT, COMPLETIONS, EMBEDDINGS
 from .journey import Forwarder
 from .replies import error_response, request_id_of
@@ -93,10 +93,6 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"}, headers={"x-request-id": request_id_of(request)})
 
 
-async def not_found(request: web.Request) -> web.Response:
-    return error_response(UnknownURL(request.method, request.path), request_id_of(request))
-
-
 def create_app(
     config_path: str | Path,
     *,
@@ -134,5 +130,5 @@ def create_app(
         r.add_route("*", f"/openai/deployments/{{deployment}}/{endpoint}", fwd.model_call(endpoint))
     r.add_route("*", "/openai/models", fwd.list_models)
     r.add_route("*", "/v1/{tail:.*}", fwd.passthrough)
-    r.add_route("*", "/{tail:.*}", not_found)
+    r.add_route("*", "/{tail:.*}", fwd.not_found)
     return app

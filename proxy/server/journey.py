@@ -28,7 +28,8 @@ from ..errors import (
     UnknownURL,
     is_retryable,
 )
-from ..types import MODELS, PASSTHROUGH, Attempt, Call, Client, Reply, Target
+from ..types import MODELS, PASSTHROUGH, UNMATCHED, Attempt, Call, Client, Reply, Target
+from . import passthrough
 from .body import check_body, parse_json, read_body
 from .replies import error_response, request_id_of
 from .runtime import Runtime
@@ -111,30 +112,46 @@ class Forwarder:
         return self._handler(endpoint, work, "POST")
 
     async def _passthrough(self, request: web.Request, runtime: Runtime, call: Call) -> web.StreamResponse:
-        if any(seg in (".", "..") for seg in request.match_info["tail"].split("/")):
-            # The upstream would resolve them, and the call could leave its /v1 base URL.
-            raise UnknownURL(request.method, request.path)
+        if request.method not in passthrough.METHODS:
+            raise MethodNotAllowed(
+                f"{request.method} is not allowed on {request.path}; use {passthrough.ALLOW}.",
+                headers={"Allow": passthrough.ALLOW},
+            )
         call.path = request.rel_url.raw_path[4:]  # after "/v1/", percent-encoded as the client sent it
+        if not passthrough.is_safe_path(call.path):
+            # The upstream would resolve it, and the call could leave its /v1 base URL.
+            raise UnknownURL(request.method, request.path)
         client = await self._authorize(runtime, call)  # from the headers, before the body
-        if request.method not in ("GET", "HEAD", "DELETE"):
+        if request.method == "POST":
             server = runtime.config.server
             call.raw_body = await read_body(request, server.max_body_size, server.body_timeout)
         if call.raw_body[:1] == b"{" and request.content_type == "application/json":
             call.body = parse_json(call.raw_body)
-            model = call.body.get("model")
-            call.model = model if isinstance(model, str) else None
             call.stream = call.body.get("stream") is True
-            if call.model is not None:
-                _permit(client, call.model)
+            model = call.body.get("model")
+            if isinstance(model, str) and passthrough.names_model(request.method, call.path):
+                call.model = model  # decided by the route: elsewhere a body's model means nothing
+                _permit(client, model)
         if call.model is None and client.models is not None:
             # Model-less routes (files, batches, ...) would run on the gateway's own
             # upstream credentials outside the key's model allow-list.
             raise PermissionDenied(
                 f"The key '{client.name}' is limited to certain models and may not use /v1/{call.path}."
             )
-        targets = await runtime.chain.route(call)
-        call.targets = [t for t in targets or () if t.provider.supports_passthrough]
+        targets = await runtime.chain.route(call) or []
+        call.targets = [t for t in targets if t.provider.supports_passthrough]
         if not call.targets:
+            if targets:  # routed, to providers that cannot serve this endpoint
+                names = ", ".join(sorted({t.provider_name for t in targets}))
+                raise InvalidRequest(
+                    f"/v1/{call.path} is not supported by the provider(s) this request routes to ({names}).",
+                    param="model" if call.model else None,
+                    code="unsupported_endpoint",
+                )
+            if call.model is not None:
+                raise ModelNotFound(
+                    f"The model '{call.model}' does not exist or you do not have access to it.", param="model"
+                )
             raise UnknownURL(request.method, f"/v1/{call.path}")
         await runtime.chain.rewrite_request(call)
         reply, first = await self._attempt(runtime, call)
@@ -156,6 +173,15 @@ class Forwarder:
     @property
     def passthrough(self) -> Handler:
         return self._handler(PASSTHROUGH, self._passthrough)
+
+    @property
+    def not_found(self) -> Handler:
+        """Paths no route serves: OpenAI's 404, through the same log as every request."""
+
+        async def work(request: web.Request, runtime: Runtime, call: Call) -> web.StreamResponse:
+            raise UnknownURL(request.method, request.path)
+
+        return self._handler(UNMATCHED, work)
 
     @property
     def list_models(self) -> Handler:
@@ -323,8 +349,8 @@ def _new_call(request: web.Request, runtime: Runtime, endpoint: str) -> Call:
         request_id=request_id_of(request),
         endpoint=endpoint,
         method=request.method,
-        path=endpoint if endpoint != PASSTHROUGH else path,
-        query_string=request.query_string,
+        path=endpoint if endpoint not in (PASSTHROUGH, UNMATCHED) else path,
+        query_string=request.rel_url.raw_query_string,  # forwarded as sent: decoding could split or inject
         headers=request.headers,
         config=runtime.config,
     )
