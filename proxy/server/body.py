@@ -86,6 +86,23 @@ def parse_json(raw: bytes) -> dict[str, Any]:
     return body
 
 
+def duplicates_model(raw: bytes) -> bool:
+    """Whether `"model"` occurs more than once: the body must then be re-serialised.
+
+    orjson keeps the last of duplicate keys, and that is the model checked against the
+    key's allow-list; an upstream keeping the first would run another one. Re-serialising
+    sends only the checked one. (A `"model"` inside a string is escaped, so never counts.)
+    """
+    return raw.count(b'"model"') > 1
+
+
+def nested_too_deeply(exc: BaseException) -> InvalidRequest | None:
+    """The 400 for a body orjson could parse (1,024 levels) but cannot write back (254)."""
+    if isinstance(exc, TypeError) and str(exc) == "Recursion limit reached":
+        return InvalidRequest("The JSON body is nested too deeply (at most 254 levels).", code="invalid_json")
+    return None
+
+
 def _type_error(param: str, expected: str, value: Any) -> InvalidRequest:
     got = "null" if value is None else type(value).__name__
     return InvalidRequest(

@@ -30,7 +30,7 @@ from ..errors import (
 )
 from ..types import MODELS, PASSTHROUGH, UNMATCHED, Attempt, Call, Client, Reply, Target
 from . import passthrough
-from .body import check_body, parse_json, read_body
+from .body import check_body, duplicates_model, nested_too_deeply, parse_json, read_body
 from .replies import error_response, request_id_of
 from .runtime import Runtime
 
@@ -79,9 +79,11 @@ class Forwarder:
                 call.error_type = call.error_type or CLIENT_DISCONNECTED
                 call.status = call.status or 499
                 raise
-            except Exception:
-                log.exception("request %s: unhandled error on %s %s", call.request_id, request.method, request.path)
-                err = GatewayError("The gateway failed to process the request.", code="internal_error")
+            except Exception as exc:
+                err = nested_too_deeply(exc)
+                if err is None:
+                    log.exception("request %s: unhandled error on %s %s", call.request_id, request.method, request.path)
+                    err = GatewayError("The gateway failed to process the request.", code="internal_error")
                 return await self._fail(request, call, err)
             finally:
                 await self._log(runtime, call)
@@ -102,6 +104,8 @@ class Forwarder:
                 body["model"] = deployment  # Azure-style: the path names the model
                 call.body_dirty = True
             call.body = body
+            if duplicates_model(call.raw_body):
+                call.body_dirty = True
             call.model, call.stream = check_body(endpoint, body)
             _permit(client, call.model)
             await self._route(runtime, call)
@@ -132,6 +136,7 @@ class Forwarder:
             if isinstance(model, str) and passthrough.names_model(request.method, call.path):
                 call.model = model  # decided by the route: elsewhere a body's model means nothing
                 _permit(client, model)
+                call.body_dirty = duplicates_model(call.raw_body)
         if call.model is None and client.models is not None:
             # Model-less routes (files, batches, ...) would run on the gateway's own
             # upstream credentials outside the key's model allow-list.
