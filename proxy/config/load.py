@@ -226,6 +226,8 @@ def _server(opts: Options) -> ServerSettings:
 
 def _cors(opts: Options) -> CorsSettings:
     origins = opts.str_list("origins")
+    if not origins:
+        raise opts.error("origins", 'expected at least one origin (https://app.example.com), or "*"')
     for origin in origins:
         parts = urlsplit(origin.rstrip("/"))
         bad = parts.scheme not in ("http", "https") or not parts.netloc or parts.path or parts.query

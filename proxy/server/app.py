@@ -18,6 +18,7 @@ from aiohttp import web
 
 from ..errors import ConfigError, MethodNotAllowed
 from ..types import CHAT, COMPLETIONS, EMBEDDINGS
+from . import cors
 from .journey import Forwarder
 from .replies import error_response, request_id_of
 from .runtime import Runtime, load_runtime
@@ -36,6 +37,8 @@ class GatewayState:
         self.runtime: Runtime | None = None
         self._reload_lock = asyncio.Lock()
         self._retiring: set[asyncio.Task[None]] = set()
+        #: Whether answers get CORS headers (decided at start-up, when the app's hooks freeze).
+        self.cors_hooked = False
 
     @property
     def current(self) -> Runtime:
@@ -65,6 +68,8 @@ class GatewayState:
                 return False
             old, self.runtime = self.runtime, runtime
             log.info("reloaded %s", self.config_path)
+            if runtime.config.server.cors is not None and not self.cors_hooked:
+                log.warning("server.cors was off at start-up: restart the gateway to turn it on")
             if old is not None:
                 runtime.took_over(old)
                 task = asyncio.create_task(old.retire())
@@ -108,6 +113,9 @@ def create_app(
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await gateway.start(runtime)
+        if gateway.current.config.server.cors is not None:  # off: not a call per response
+            app.on_response_prepare.append(cors.response_hook(lambda: gateway.current.config.server.cors))
+            gateway.cors_hooked = True
         loop = asyncio.get_running_loop()
         if handle_sighup:
             loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(gateway.reload()))

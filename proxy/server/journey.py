@@ -29,7 +29,7 @@ from ..errors import (
     is_retryable,
 )
 from ..types import MODELS, PASSTHROUGH, UNMATCHED, Attempt, Call, Client, Reply, Target
-from . import passthrough
+from . import cors, passthrough
 from .body import check_body, duplicates_model, nested_too_deeply, parse_json, read_body
 from .replies import error_response, request_id_of
 from .runtime import Runtime
@@ -69,6 +69,9 @@ class Forwarder:
             runtime.enter()
             call = _new_call(request, runtime, endpoint)
             try:
+                if request.method == "OPTIONS" and self.gateway.cors_hooked and (allowed := runtime.config.server.cors):
+                    call.status = 204  # a browser's CORS preflight: answered here, never upstream
+                    return await _send(request, cors.preflight(request, allowed, call.request_id), call)
                 if method is not None and request.method != method:
                     raise MethodNotAllowed(f"{request.method} is not allowed on {request.path}; use {method}.")
                 return await work(request, runtime, call)
