@@ -44,3 +44,27 @@ def _write(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "config.yaml"
     path.write_text(text)
     return path
+
+
+def _guarded() -> type:
+    from proxy.builtin.openai import OpenAIProvider
+
+    class Guarded(OpenAIProvider):  # any provider type that takes guardrails will do
+        supports_guardrails = True
+
+    return Guarded
+
+
+@pytest.mark.parametrize(("written", "sent"), [("draft", "DRAFT"), ("Draft", "DRAFT"), ("3", "3"), ("3 ", "3")])
+def test_guardrail_version_as_aws_spells_it(written: str, sent: str, tmp_path: Path) -> None:
+    text = ("providers:\n  o: {type: g}\nroutes:\n"
+            f"  - {{model: m, to: o, guardrail: {{id: gr1, version: '{written}', trace: ENABLED}}}}\n")
+    config = load_config(_write(tmp_path, text), {"g": _guarded()})
+    guardrail = config.routes[0].guardrail
+    assert guardrail is not None and guardrail.version == sent and guardrail.trace == "enabled"
+
+
+def test_guardrail_version_that_aws_would_refuse(tmp_path: Path) -> None:
+    text = "providers:\n  o: {type: g}\nroutes:\n  - {model: m, to: o, guardrail: {id: g, version: v1}}\n"
+    with pytest.raises(ConfigError, match=r"routes\[0\]\.guardrail\.version: expected a version number or DRAFT"):
+        load_config(_write(tmp_path, text), {"g": _guarded()})

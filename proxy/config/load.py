@@ -293,10 +293,21 @@ def _clients(opts: Options, problems: list[str]) -> tuple[ClientKey, ...]:
     return tuple(keys)
 
 
+def _guardrail_version(opts: Options) -> str:
+    """A number or DRAFT (AWS's spelling, whatever case the YAML uses; default DRAFT)."""
+    raw = opts.raw("version")
+    version = str(raw).strip() if raw is not None else "DRAFT"
+    if version.upper() == "DRAFT":
+        return "DRAFT"
+    if not re.fullmatch(r"[1-9][0-9]{0,7}", version):
+        raise opts.error("version", f"expected a version number or DRAFT, got {raw!r}")
+    return version
+
+
 def _guardrail(opts: Options) -> Guardrail:
     g = Guardrail(
         id=opts.str("id"),
-        version=str(opts.raw("version") or "") or "DRAFT",
+        version=_guardrail_version(opts),
         trace=opts.str("trace", None, choices=("enabled", "disabled", "enabled_full")),
         tag_suffix=opts.str("tag_suffix", None),
         stream_processing_mode=opts.str("stream_processing_mode", None, choices=("sync", "async")),
