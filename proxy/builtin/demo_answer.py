@@ -164,7 +164,8 @@ def _formatted(body: dict[str, Any], answer: str, user_text: str) -> str:
     if not isinstance(fmt, dict):
         return answer
     if fmt.get("type") == "json_schema":
-        spec = fmt.get("json_schema") if isinstance(fmt.get("json_schema"), dict) else {}
+        raw_spec = fmt.get("json_schema")
+        spec: dict[str, Any] = raw_spec if isinstance(raw_spec, dict) else {}
         return orjson.dumps(instance(spec.get("schema") or {"type": "object"}, "demo")).decode()
     if fmt.get("type") == "json_object":
         return orjson.dumps({"answer": answer, "you_said": user_text}).decode()

@@ -113,7 +113,8 @@ class _Builder:
         return options[0]
 
     def obj(self, s: dict[str, Any], depth: int) -> dict[str, Any]:
-        props = s.get("properties") if isinstance(s.get("properties"), dict) else {}
+        raw_props = s.get("properties")
+        props: dict[str, Any] = raw_props if isinstance(raw_props, dict) else {}
         required = [r for r in s.get("required") or () if isinstance(r, str)]
         names = required if depth >= _MAX_DEPTH else list(dict.fromkeys([*props, *required]))
         out: dict[str, Any] = {}
@@ -127,7 +128,8 @@ class _Builder:
         return out
 
     def array(self, s: dict[str, Any], name: str, depth: int) -> list[Any]:
-        prefix = s.get("prefixItems") if isinstance(s.get("prefixItems"), list) else []
+        raw_prefix = s.get("prefixItems")
+        prefix: list[Any] = raw_prefix if isinstance(raw_prefix, list) else []
         low = int(s.get("minItems") or 0)
         high = s.get("maxItems")
         count = max(low, len(prefix), 0 if depth >= _MAX_DEPTH else 1)
@@ -196,10 +198,10 @@ def _matching(pattern: str, candidates: list[str]) -> str:
 def _from_regex(pattern: str) -> str | None:
     """A shortest string the regex matches, built from its parse tree (None if unsure)."""
     try:
-        from re import _constants as c
-        from re import _parser as parser
+        from re import _constants as c  # type: ignore[attr-defined]
+        from re import _parser as parser  # type: ignore[attr-defined]
 
-        return _emit(parser.parse(pattern), c)
+        return str(_emit(parser.parse(pattern), c))
     except Exception:  # a construct not handled here, or a future `re` internals change
         return None
 

@@ -83,7 +83,7 @@ class Forwarder:
                 call.status = call.status or 499
                 raise
             except Exception as exc:
-                err = nested_too_deeply(exc)
+                err: GatewayError | None = nested_too_deeply(exc)
                 if err is None:
                     log.exception("request %s: unhandled error on %s %s", call.request_id, request.method, request.path)
                     err = GatewayError("The gateway failed to process the request.", code="internal_error")
