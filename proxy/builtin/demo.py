@@ -79,14 +79,7 @@ class DemoProvider(Provider):
             return Reply(
                 stream=self._chat_stream(call, target, rid, choices, top, usage), content_type="text/event-stream"
             )
-        out = {
-            "id": rid,
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": target.model,
-            "choices": [_chat_choice(c, top) for c in choices],
-            "usage": _usage(usage),
-        }
+        out = _envelope(rid, "chat.completion", target, [_chat_choice(c, top) for c in choices], usage=_usage(usage))
         return Reply(body=orjson.dumps(out))
 
     async def _chat_stream(
@@ -95,16 +88,7 @@ class DemoProvider(Provider):
         created = int(time.time())
 
         def chunk(choices: list[dict[str, Any]], **extra: Any) -> bytes:
-            return event(
-                {
-                    "id": rid,
-                    "object": "chat.completion.chunk",
-                    "created": created,
-                    "model": target.model,
-                    "choices": choices,
-                    **extra,
-                }
-            )
+            return event(_envelope(rid, "chat.completion.chunk", target, choices, created, **extra))
 
         def delta(c: Choice, content: dict[str, Any], finish: str | None = None, token: str | None = None) -> bytes:
             logprobs = None
@@ -151,14 +135,7 @@ class DemoProvider(Provider):
             return Reply(
                 stream=self._completion_stream(call, target, rid, choices, top, usage), content_type="text/event-stream"
             )
-        out = {
-            "id": rid,
-            "object": "text_completion",
-            "created": int(time.time()),
-            "model": target.model,
-            "choices": choices,
-            "usage": _usage(usage),
-        }
+        out = _envelope(rid, "text_completion", target, choices, usage=_usage(usage))
         return Reply(body=orjson.dumps(out))
 
     async def _completion_stream(
@@ -167,16 +144,7 @@ class DemoProvider(Provider):
         created = int(time.time())
 
         def chunk(choices: list[dict[str, Any]], **extra: Any) -> bytes:
-            return event(
-                {
-                    "id": rid,
-                    "object": "text_completion",
-                    "created": created,
-                    "model": target.model,
-                    "choices": choices,
-                    **extra,
-                }
-            )
+            return event(_envelope(rid, "text_completion", target, choices, created, **extra))
 
         for c in choices:
             offset = 0
@@ -214,6 +182,14 @@ class DemoProvider(Provider):
 
 
 # ---------------------------------------------------------------- helpers
+
+
+def _envelope(
+    rid: str, kind: str, target: Target, choices: list[dict[str, Any]], created: int | None = None, **extra: Any
+) -> dict[str, Any]:
+    """A response (or chunk) body around its choices."""
+    created = int(time.time()) if created is None else created
+    return {"id": rid, "object": kind, "created": created, "model": target.model, "choices": choices, **extra}
 
 
 def _chat_logprobs(body: dict[str, Any]) -> int | None:
