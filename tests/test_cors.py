@@ -33,7 +33,8 @@ def test_off_by_default(gw: Gateway, upstream: FakeOpenAI) -> None:
     assert all(r.method != "OPTIONS" for r in upstream.requests)
 
 
-@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/models", "/v1/files/file-1", "/openai/responses"])
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/models", "/v1/files/file-1", "/v1/responses",
+                                  "/openai/nothing"])
 def test_preflight_is_answered_without_a_key_and_never_forwarded(
     path: str, cors_gw: Gateway, upstream: FakeOpenAI
 ) -> None:

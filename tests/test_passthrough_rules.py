@@ -70,10 +70,10 @@ def test_ordinary_percent_encoding_still_passes(gw: Gateway, upstream: FakeOpenA
 
 
 def test_unmatched_paths_reach_the_access_log(gw: Gateway) -> None:
-    resp = raw("POST", f"{gw.url}/openai/responses", b"{}", headers={"x-request-id": "unmatched-1"})
+    resp = raw("POST", f"{gw.url}/openai/nothing/here", b"{}", headers={"x-request-id": "unmatched-1"})
     assert resp.status == 404
     validate("ErrorResponse", resp.json)
     record = access_record(gw, "unmatched-1")
-    assert record["status"] == 404 and record["route"] == "/openai/responses"
+    assert record["status"] == 404 and record["route"] == "/openai/nothing/here"
     assert record["error"] == "unknown_url" and record["client"] is None
     assert CLIENT_KEY not in gw.log_text

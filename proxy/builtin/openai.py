@@ -12,6 +12,8 @@ _OPENAI_ORIGINS = ("https://api.openai.com", "https://eu.api.openai.com", "https
 
 class OpenAIProvider(OpenAICompatibleProvider):
     default_base_url = "https://api.openai.com/v1"
+    #: OpenAI serves /v1/responses itself; `responses: translate` for servers that do not.
+    responses = "native"
 
     def __init__(self, name: str, options: Options) -> None:
         super().__init__(name, options)

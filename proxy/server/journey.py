@@ -42,6 +42,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Work = Callable[[web.Request, Runtime, Call], Awaitable[web.StreamResponse]]
 #: One upstream attempt: `provider.send` itself, or what wraps it (a translation, a span).
 Send = Callable[[Call, Target], Awaitable[Reply]]
+#: Prepares a model call after `rewrite_request` and picks how its attempts are sent
+#: (the Responses API translates per target).
+Plan = Callable[[Runtime, Call], Awaitable[Send]]
 
 
 async def send_to_provider(call: Call, target: Target) -> Reply:
@@ -94,7 +97,7 @@ class Forwarder:
 
         return handle
 
-    def model_call(self, endpoint: str) -> Handler:
+    def model_call(self, endpoint: str, plan: Plan | None = None) -> Handler:
         async def work(request: web.Request, runtime: Runtime, call: Call) -> web.StreamResponse:
             # Who is calling is decided from the headers, before a byte of the body is
             # read: a keyless client cannot hold the connection open by sending it slowly.
@@ -113,7 +116,8 @@ class Forwarder:
             _permit(client, call.model)
             await self._route(runtime, call)
             await runtime.chain.rewrite_request(call)
-            reply, first = await self._attempt(runtime, call)
+            send = await plan(runtime, call) if plan is not None else send_to_provider
+            reply, first = await self._attempt(runtime, call, send)
             return await self._respond(request, call, reply, first)
 
         return self._handler(endpoint, work, "POST")
@@ -221,7 +225,7 @@ class Forwarder:
     async def _attempt(
         self, runtime: Runtime, call: Call, send: Send = send_to_provider
     ) -> tuple[Reply, bytes | None]:
-        candidates = [t for t in call.targets if call.endpoint in t.provider.endpoints]
+        candidates = [t for t in call.targets if t.provider.serves(call.endpoint)]
         if not candidates:
             raise InvalidRequest(
                 f"The model '{call.model}' does not support /v1/{call.path}.",

@@ -27,6 +27,7 @@ MODEL_ROUTES = frozenset(
     {
         "responses",
         "responses/input_tokens",
+        "responses/compact",
         "audio/speech",
         "images/generations",
         "moderations",
