@@ -80,10 +80,8 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 
 def _run_worker(path: str, host: str, port: int, reuse_port: bool, runtime: Runtime | None) -> None:
-    from aiohttp import web
-
     from .server.app import create_app
-    from .server.operations import CUT_OFF_WAIT
+    from .server.listener import serve
 
     try:
         import uvloop
@@ -92,17 +90,12 @@ def _run_worker(path: str, host: str, port: int, reuse_port: bool, runtime: Runt
     if uvloop is not None:
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     app = create_app(path, runtime=runtime, handle_sighup=True, drain_on_signals=True)
-    web.run_app(
+    serve(
         app,
         host=host,
         port=port,
-        reuse_port=reuse_port or None,
-        # The drain has waited `server.shutdown_grace` and cut off what was left by the
-        # time aiohttp waits for handlers: this only bounds their last writes.
-        shutdown_timeout=CUT_OFF_WAIT,
-        handler_cancellation=True,
-        access_log=None,
-        print=lambda _msg: log.info("relaygate serving on http://%s:%s (pid %s)", host, port, os.getpid()),
+        reuse_port=reuse_port,
+        on_ready=lambda: log.info("relaygate serving on http://%s:%s (pid %s)", host, port, os.getpid()),
     )
 
 

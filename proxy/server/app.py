@@ -16,11 +16,11 @@ from pathlib import Path
 
 from aiohttp import web
 
-from ..errors import ConfigError, MethodNotAllowed, UnknownURL
+from ..errors import ConfigError, MethodNotAllowed
 from ..responses import add_routes as add_responses_routes
 from ..telemetry import Telemetry
 from ..types import CHAT, COMPLETIONS, EMBEDDINGS
-from . import operations
+from . import cors, operations
 from .journey import Forwarder
 from .replies import error_response, request_id_of
 from .runtime import Runtime, load_runtime
@@ -41,6 +41,8 @@ class GatewayState:
         self._retiring: set[asyncio.Task[None]] = set()
         self.drain = operations.Drain()
         self.telemetry = Telemetry(self.drain.count)
+        #: Whether answers get CORS headers (decided at start-up, when the app's hooks freeze).
+        self.cors_hooked = False
 
     @property
     def current(self) -> Runtime:
@@ -85,6 +87,8 @@ class GatewayState:
             old, self.runtime = self.runtime, runtime
             log.info("reloaded %s", self.config_path)
             self.telemetry.reloaded(True)
+            if runtime.config.server.cors is not None and not self.cors_hooked:
+                log.warning("server.cors was off at start-up: restart the gateway to turn it on")
             if old is not None:
                 runtime.took_over(old)
                 task = asyncio.create_task(self._retire(old))
@@ -119,14 +123,6 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"}, headers={"x-request-id": request_id_of(request)})
 
 
-async def not_found(request: web.Request) -> web.Response:
-    err = UnknownURL(request.method, request.path)
-    runtime = request.app[STATE].runtime
-    if runtime is not None and runtime.metrics is not None:
-        runtime.metrics.record_unmatched(err.status, err.error_type, runtime.config.open)
-    return error_response(err, request_id_of(request))
-
-
 def create_app(
     config_path: str | Path,
     *,
@@ -138,7 +134,7 @@ def create_app(
     """The gateway app. `runtime` is a pre-loaded config (the CLI validates before binding).
 
     `handle_sighup` reloads on SIGHUP; `drain_on_signals` drains on SIGTERM/SIGINT
-    (`proxy.server.operations.Drain`), for `web.run_app`, whose own handlers it replaces.
+    (`proxy.server.operations.Drain`), replacing the handlers of aiohttp's runner (the CLI).
     """
     app = web.Application(client_max_size=1 << 40)  # the body limit is checked per route, from config
     gateway = GatewayState(config_path, extra_plugins)
@@ -147,6 +143,9 @@ def create_app(
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await gateway.start(runtime)
+        if gateway.current.config.server.cors is not None:  # off: not a call per response
+            app.on_response_prepare.append(cors.response_hook(lambda: gateway.current.config.server.cors))
+            gateway.cors_hooked = True
         loop = asyncio.get_running_loop()
         if handle_sighup:
             loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(gateway.reload()))
@@ -180,5 +179,5 @@ def create_app(
     r.add_route("*", "/openai/models", fwd.list_models)
     add_responses_routes(r, fwd)  # /v1/responses and its Azure-style forms
     r.add_route("*", "/v1/{tail:.*}", fwd.passthrough)
-    r.add_route("*", "/{tail:.*}", not_found)
+    r.add_route("*", "/{tail:.*}", fwd.not_found)
     return app

@@ -206,11 +206,6 @@ class Metrics:
             if call.cost_usd:
                 tokens[3] += call.cost_usd
 
-    def record_unmatched(self, status: int, error_type: str, open_gateway: bool) -> None:
-        """A request no route of the gateway serves (an unknown path)."""
-        key = (UNMATCHED, "", "", ANONYMOUS if open_gateway else "", str(status), error_type)
-        self._requests[key] = self._requests.get(key, 0) + 1
-
     def flush(self) -> None:
         """Move what requests added into prometheus-client's series (on the event loop's thread).
 
