@@ -108,7 +108,7 @@ def test_a_known_mix_of_traffic_is_counted_exactly(gw: Gateway, upstream: FakeOp
     assert requests(route="*", model="", provider="up", status="404", error_type="upstream_not_found") == 2
     assert requests(route="unmatched", model="", client="limited", status="403", error_type="client_permission") == 1
     assert requests(route="unmatched", client="", status="401", error_type="client_auth") == 1
-    assert requests(route="unmatched", client="", status="400", error_type="client_bad_request") == 1
+    assert requests(route="unmatched", client="team-a", status="400", error_type="client_bad_request") == 1  # key first
     assert requests(route="unmatched", client="", provider="", status="404", error_type="client_not_found") == 1
     assert count("relaygate_fallbacks_total") == 1
     assert count("relaygate_fallbacks_total", provider="down", reason="upstream_unavailable") == 1
