@@ -27,6 +27,7 @@ from google.oauth2 import credentials as user_credentials
 from google.oauth2 import service_account
 
 from proxy.upstream.tokens import RefreshingToken, Token, TokenFetchError
+from proxy.upstream.transport import TransportSettings
 
 from .transport import UrllibRequest
 
@@ -82,11 +83,12 @@ class GoogleToken(RefreshingToken):
         scopes: Sequence[str] = (CLOUD_PLATFORM,),
         margin: float = DEFAULT_MARGIN,
         timeout: float = 30.0,
+        settings: TransportSettings | None = None,
     ) -> None:
         super().__init__(provider=provider, margin=margin)
         self.credentials_file = credentials_file
         self.scopes = list(scopes)
-        self.transport = UrllibRequest(timeout)
+        self.transport = UrllibRequest(timeout, settings)
         self._credentials: Any = None  # touched only inside the single-flight fetch
         #: How many google-auth refreshes ran (loading credentials is not one).
         self.refreshes = 0
