@@ -62,6 +62,8 @@ class ServerSettings:
     port: int = 8080
     max_body_size: int = 16 * 1024 * 1024
     log_level: str = "INFO"
+    #: Seconds a client may take to accept more of a response before it is dropped.
+    write_timeout: float = 60.0
 
 
 @dataclass(slots=True, frozen=True)
@@ -191,6 +193,7 @@ def _server(opts: Options) -> ServerSettings:
     s.port = opts.int("port", s.port)
     s.max_body_size = parse_size(opts, "max_body_size", s.max_body_size)
     s.log_level = opts.str("log_level", s.log_level, choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    s.write_timeout = opts.number("write_timeout", s.write_timeout, minimum=0.001)
     opts.check_unused()
     return s
 

@@ -236,10 +236,18 @@ class Forwarder:
         try:
             await sresp.prepare(request)
             call.first_byte = time.perf_counter()
+            timeout = call.config.server.write_timeout
             if first:
-                await sresp.write(first)
+                await _write(request, sresp, first, timeout)
             async for chunk in stream:
-                await sresp.write(chunk)
+                await _write(request, sresp, chunk, timeout)
+        except ClientTooSlow:
+            log.warning("request %s: the client took over %g s to accept more; dropped", call.request_id, timeout)
+            call.error = "client_write_timeout"
+            call.error_type = CLIENT_DISCONNECTED
+            if request.transport is not None:
+                request.transport.abort()
+            return sresp
         except ConnectionResetError:
             # The client left: closing the stream (below) closes the upstream request.
             call.error = "client_disconnected"
@@ -293,6 +301,27 @@ async def _send(request: web.Request, resp: web.Response, call: Call) -> web.Res
         call.error = "client_disconnected"
         call.error_type = CLIENT_DISCONNECTED
     return resp
+
+
+class ClientTooSlow(Exception):
+    """The client did not take the next bytes within `server.write_timeout`."""
+
+
+#: Below this many bytes queued towards the client a write cannot block: no timer is armed.
+_WRITE_QUEUE = 1 << 16
+
+
+async def _write(request: web.Request, sresp: web.StreamResponse, chunk: bytes, timeout: float) -> None:
+    """Write one chunk; a client that stops reading is dropped after `timeout` seconds."""
+    transport = request.transport
+    if transport is None or transport.get_write_buffer_size() + len(chunk) <= _WRITE_QUEUE:
+        await sresp.write(chunk)
+        return
+    try:
+        async with asyncio.timeout(timeout):
+            await sresp.write(chunk)
+    except TimeoutError:
+        raise ClientTooSlow from None
 
 
 async def _first_chunk(reply: Reply) -> bytes:

@@ -14,6 +14,7 @@ import base64
 import socket
 import ssl
 from collections.abc import Callable
+from typing import Any
 from urllib.parse import unquote
 
 import aiohappyeyeballs
@@ -42,10 +43,18 @@ def tls_reason(exc: BaseException) -> str:
     return type(exc).__name__
 
 
+AddrInfo = tuple[int, int, int, str, tuple[Any, ...]]
+
+
+async def resolve(loop: asyncio.AbstractEventLoop, host: str, port: int) -> list[AddrInfo]:
+    """Every address of `host` (tests replace this to script DNS)."""
+    return await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
+
+
 async def open_socket(loop: asyncio.AbstractEventLoop, host: str, port: int) -> socket.socket:
     """A connected TCP socket to `host:port`, every resolved address raced."""
     try:
-        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
+        infos = await resolve(loop, host, port)
     except OSError as exc:
         raise ConnectFailed(f"cannot resolve {host}: {exc.strerror or type(exc).__name__}") from exc
     try:

@@ -238,6 +238,7 @@ class _Connection(asyncio.Protocol):
         self.uses = 0
         self.head_bytes = 0  # bytes received while the head (interim answers included) was incomplete
         self.header_count = 0
+        self.header_bytes = 0
 
     # ---------------------------------------------------------------- asyncio.Protocol
 
@@ -300,8 +301,11 @@ class _Connection(asyncio.Protocol):
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.header_count += 1
+        self.header_bytes += len(name) + len(value) + 4
         if self.header_count > MAX_HEADERS:
             raise ResponseTooLarge(f"{self.pool.origin} sent more than {MAX_HEADERS} headers")
+        if self.header_bytes > MAX_HEADER_BYTES:
+            raise ResponseTooLarge(f"{self.pool.origin} sent a response head over {MAX_HEADER_BYTES} bytes")
         self.response._raw_headers.append((name, value))  # type: ignore[union-attr]
 
     def on_headers_complete(self) -> None:
@@ -447,7 +451,7 @@ class Pool:
             conn.response = resp
             conn.head_only = method == "HEAD"
             conn.uses += 1
-            conn.head_bytes = 0
+            conn.head_bytes = conn.header_bytes = conn.header_count = 0
             transport = conn.transport
             if conn.closed or transport is None or transport.is_closing():
                 conn.abort()

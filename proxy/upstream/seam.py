@@ -313,7 +313,7 @@ def _image_session(settings: TransportSettings) -> aiohttp.ClientSession:
 class Decoded:
     """A gzip or deflate response, decoded as it arrives; its decoded size is capped too."""
 
-    __slots__ = ("_inner", "_max", "headers", "status")
+    __slots__ = ("_inner", "_max", "_wbits", "headers", "status")
 
     def __init__(self, inner: Response, kind: str, max_body_size: int) -> None:
         self._inner = inner
