@@ -135,7 +135,7 @@ class RedisStore(Store):
             self.mark_down(exc)
             raise StateUnavailable(str(type(exc).__name__)) from exc
         self.mark_up()
-        return value  # type: ignore[no-any-return]
+        return value if isinstance(value, bytes) or value is None else value.encode()
 
     async def set(self, key: str, value: bytes, ttl: float) -> None:
         try:

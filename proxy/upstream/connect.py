@@ -13,7 +13,7 @@ import asyncio
 import base64
 import socket
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 from urllib.parse import unquote
 
@@ -46,7 +46,7 @@ def tls_reason(exc: BaseException) -> str:
 AddrInfo = tuple[int, int, int, str, tuple[Any, ...]]
 
 
-async def resolve(loop: asyncio.AbstractEventLoop, host: str, port: int) -> list[AddrInfo]:
+async def resolve(loop: asyncio.AbstractEventLoop, host: str, port: int) -> Sequence[AddrInfo]:
     """Every address of `host` (tests replace this to script DNS)."""
     return await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
 
@@ -131,7 +131,7 @@ async def connect(
         if tls is None:
             raise ConnectFailed("the proxy closed the connection while TLS started")
         protocol.connection_made(tls)
-        return tls  # type: ignore[return-value]
+        return tls
     except BaseException:
         raw.abort()
         raise
@@ -157,4 +157,4 @@ async def _wrap(
     except BaseException:
         sock.close()
         raise
-    return transport  # type: ignore[return-value]
+    return transport

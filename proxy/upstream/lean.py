@@ -255,8 +255,11 @@ class _Connection(asyncio.Protocol):
             self.parser.feed_data(data)
         except (httptools.HttpParserError, httptools.HttpParserUpgrade, HTTPClientError) as exc:
             cause = exc.__context__  # a callback's own error, wrapped by httptools
-            if isinstance(exc, HTTPClientError) or isinstance(cause, HTTPClientError):
-                error = exc if isinstance(exc, HTTPClientError) else cause
+            error: HTTPClientError
+            if isinstance(exc, HTTPClientError):
+                error = exc
+            elif isinstance(cause, HTTPClientError):
+                error = cause
             elif resp._complete:
                 error = ProtocolError(f"{self.pool.origin} sent bytes past the end of its response")
             elif isinstance(exc, httptools.HttpParserUpgrade):

@@ -36,4 +36,5 @@ def proxy_for(url: URL, proxies: Mapping[str, str], no_proxy: str) -> URL | None
 
 def _bypass(url: URL, no_proxy: str) -> bool:
     host_port = f"{url.host}:{url.port}" if url.port else str(url.host)
-    return bool(urllib.request.proxy_bypass_environment(host_port, {"no": no_proxy}))
+    bypass = urllib.request.proxy_bypass_environment  # type: ignore[attr-defined]  # not in typeshed
+    return bool(bypass(host_port, {"no": no_proxy}))

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import zlib
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable, Mapping
 
 import aiohttp
 
@@ -197,7 +197,7 @@ class Upstream:
         resp.release()
         return data
 
-    async def chunks(self, resp: Response) -> AsyncIterator[bytes]:
+    async def chunks(self, resp: Response) -> AsyncGenerator[bytes, None]:
         """The body as it arrives; transport failures as `proxy.errors`; released at the end.
 
         Closed early (the caller stopped at `[DONE]`, or the client left), the response

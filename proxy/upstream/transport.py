@@ -70,8 +70,11 @@ class Response(Protocol):
     may be reused) or `close()` (anything else).
     """
 
-    status: int
-    headers: Mapping[str, str]
+    @property
+    def status(self) -> int: ...
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
 
     async def read(self) -> bytes: ...
 

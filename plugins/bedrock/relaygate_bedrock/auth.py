@@ -112,7 +112,7 @@ class AwsAuth:
         session = AioSession(profile=s.profile) if s.profile else AioSession()
         if s.access_key_id and s.secret_access_key:
             session.set_credentials(s.access_key_id, s.secret_access_key, s.session_token)
-        credentials = await session.get_credentials()
+        credentials: Any = await session.get_credentials()
         if credentials is None:
             raise ConfigError(
                 "bedrock: no AWS credentials found (set access_key_id/secret_access_key, profile, "
@@ -127,8 +127,11 @@ class AwsAuth:
             creator = functools.partial(
                 session.create_client, region_name=s.region, endpoint_url=s.sts_endpoint_url, **kwargs
             )
-            fetcher = AioAssumeRoleCredentialFetcher(
-                client_creator=creator, source_credentials=credentials, role_arn=s.role_arn, extra_args=extra
+            fetcher = AioAssumeRoleCredentialFetcher(  # the stubs type botocore's sync client creator
+                client_creator=creator,  # type: ignore[arg-type]
+                source_credentials=credentials,
+                role_arn=s.role_arn,
+                extra_args=extra,
             )
             credentials = AioDeferredRefreshableCredentials(
                 refresh_using=fetcher.fetch_credentials, method="assume-role"

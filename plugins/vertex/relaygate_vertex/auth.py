@@ -57,10 +57,14 @@ def load_credentials_file(path: str, scopes: Sequence[str]) -> Any:
         info = json.load(fh)
     kind = info.get("type") if isinstance(info, dict) else None
     if kind == "service_account":
-        return service_account.Credentials.from_service_account_info(info, scopes=scopes)
+        return service_account.Credentials.from_service_account_info(  # type: ignore[no-untyped-call]
+            info, scopes=scopes
+        )
     if kind == "authorized_user":
-        return user_credentials.Credentials.from_authorized_user_info(info, scopes=scopes)
-    raise gexc.DefaultCredentialsError(
+        return user_credentials.Credentials.from_authorized_user_info(  # type: ignore[no-untyped-call]
+            info, scopes=scopes
+        )
+    raise gexc.DefaultCredentialsError(  # type: ignore[no-untyped-call]
         f"credentials_file holds {kind!r} credentials; expected service_account or authorized_user "
         "(point GOOGLE_APPLICATION_CREDENTIALS at other kinds and leave credentials_file unset)"
     )

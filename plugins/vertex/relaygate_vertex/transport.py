@@ -59,7 +59,7 @@ class UrllibRequest(transport.Request):
             handlers.append(urllib.request.HTTPSHandler(context=s.ssl_context))
         return urllib.request.build_opener(*handlers)
 
-    def __call__(  # type: ignore[override]
+    def __call__(
         self,
         url: str,
         method: str = "GET",
@@ -77,4 +77,5 @@ class UrllibRequest(transport.Request):
             with exc:
                 return _Response(exc.code, dict(exc.headers.items()), exc.read())
         except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
-            raise exceptions.TransportError(f"{type(exc).__name__} talking to {urlsplit(url).netloc}") from exc
+            message = f"{type(exc).__name__} talking to {urlsplit(url).netloc}"
+            raise exceptions.TransportError(message) from exc  # type: ignore[no-untyped-call]
