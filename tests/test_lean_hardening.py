@@ -192,7 +192,7 @@ async def test_happy_eyeballs_races_past_an_address_that_does_not_answer(monkeyp
             dead, live = blackhole.getsockname(), ("127.0.0.1", srv.port)
 
             async def resolve(loop: object, host: str, port: int) -> list[Any]:
-                return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", dead), (socket.AF_INET, socket.SOCK_STREAM, 6, "", live)]
+                return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", addr) for addr in (dead, live)]
 
             monkeypatch.setattr(connect, "resolve", resolve)
             started = loop.time()

@@ -12,11 +12,9 @@ import gzip
 import socket
 import time
 import zlib
-from collections.abc import Callable
-from typing import Any
-
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import openai
 import orjson
