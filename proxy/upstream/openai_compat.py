@@ -16,6 +16,7 @@ from typing import Any
 
 import orjson
 
+from ..config.load import parse_size
 from ..config.options import Options
 from ..errors import (
     GatewayError,
@@ -102,7 +103,7 @@ class OpenAICompatibleProvider(Provider):
         self.stream_usage: bool = options.bool("stream_usage", True)
         self.models_ttl: float = options.number("models_ttl", _MODELS_TTL)
         #: A server-sent event larger than this ends the stream with an error.
-        self.max_event_size: int = options.int("max_event_size", DEFAULT_MAX_EVENT, minimum=1024)
+        self.max_event_size: int = max(1024, parse_size(options, "max_event_size", DEFAULT_MAX_EVENT))
         self.models: TTLCache[list[ModelInfo]] = TTLCache(
             self.models_ttl, [], what=f"provider {name}: model listing", errors=(GatewayError, ValueError)
         )
