@@ -71,6 +71,7 @@ IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "DELETE", "PUT"})
 _HIGH_WATER = 1 << 20  # buffered body bytes at which the socket stops being read
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_BAD_REASON = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _URL_CACHE_SIZE = 1024
 
 _default_ssl: ssl.SSLContext | None = None
@@ -302,6 +303,10 @@ class _Connection(asyncio.Protocol):
             # connection) so it neither overwrites this response nor desyncs the next.
             raise ProtocolError(f"{self.pool.origin} sent more than one response")
 
+    def on_status(self, reason: bytes) -> None:
+        if _BAD_REASON.search(reason):
+            raise ProtocolError(f"{self.pool.origin} sent control characters in its status line")
+
     def on_header(self, name: bytes, value: bytes) -> None:
         self.header_count += 1
         self.header_bytes += len(name) + len(value) + 4
@@ -329,7 +334,7 @@ class _Connection(asyncio.Protocol):
         framed = False
         for raw_name, raw_value in resp._raw_headers:
             name = raw_name.decode("latin-1").lower()
-            value = raw_value.decode("latin-1")
+            value = raw_value.decode("latin-1").rstrip(" \t")  # OWS is not part of the value
             if name in ("content-length", "transfer-encoding"):
                 framed = True
             if name in headers:
