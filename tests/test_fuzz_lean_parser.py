@@ -20,7 +20,9 @@ from hypothesis import strategies as st
 from proxy.upstream import lean
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-TOKEN = st.text("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.!#$%&'*+^`|~", min_size=1, max_size=12)
+TCHAR = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.!#$%&'*+^`|~"
+TOKEN = st.text(TCHAR, min_size=1, max_size=12)
+JUNK = [b"\r\n", b"\n", b"\x00", b" ", b":", b"\r", b"0", b"Content-Length: 3\r\n"]
 VALUE = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), max_size=40)
 _EMPTY_LINES = re.compile(rb"^[\r\n]+|(?<=\r\n\r\n)[\r\n]+(?=HTTP/)")
 FRAMING = {"content-length", "transfer-encoding", "connection"}
@@ -149,7 +151,7 @@ def mangled(draw: st.DrawFn) -> bytes:
         if op == "flip" and data:
             data[at] = draw(st.integers(0, 255))
         elif op == "insert":
-            data[at:at] = draw(st.sampled_from([b"\r\n", b"\n", b"\x00", b" ", b":", b"\r", b"0", b"Content-Length: 3\r\n"]))
+            data[at:at] = draw(st.sampled_from(JUNK))
         elif data:
             del data[at]
     return bytes(data)
