@@ -45,8 +45,10 @@ def _error(exc: BaseException, url: str) -> HTTPClientError:
         return ReadTimeout(f"no data from {origin} in time")
     if isinstance(exc, (aiohttp.ClientConnectorError, aiohttp.ClientProxyConnectionError)):
         return ConnectFailed(f"cannot connect to {origin}: {type(exc).__name__}")
-    if isinstance(exc, aiohttp.ClientResponseError) and exc.status:  # e.g. a proxy's refusal
-        return ConnectFailed(f"cannot reach {origin}: HTTP {exc.status}")
+    if isinstance(exc, aiohttp.ClientHttpProxyError):  # the proxy refused the tunnel
+        return ConnectFailed(f"cannot reach {origin} through the proxy: HTTP {exc.status}")
+    if isinstance(exc, aiohttp.ClientResponseError):  # aiohttp's parser refused the answer
+        return ProtocolError(f"invalid HTTP response from {origin}: {exc.message}")
     if isinstance(exc, aiohttp.ClientPayloadError | aiohttp.ServerDisconnectedError):
         return ConnectionClosed(f"{origin} closed the connection early: {type(exc).__name__}")
     if isinstance(exc, asyncio.TimeoutError):
