@@ -62,7 +62,8 @@ def test_read_timeout_is_a_504(upstream: FakeOpenAI, make_gateway: Callable[...,
     upstream.on("slow", Behaviour(delay=5))
     gw = make_gateway(_config(upstream.url, transport))
     started = time.monotonic()
-    resp = post_json(f"{gw.base_url}/chat/completions", {"model": "slow", "messages": [{"role": "user", "content": "x"}]})
+    body = {"model": "slow", "messages": [{"role": "user", "content": "x"}]}
+    resp = post_json(f"{gw.base_url}/chat/completions", body)
     assert resp.status == 504
     assert time.monotonic() - started < 4.5
 

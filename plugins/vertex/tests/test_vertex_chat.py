@@ -182,7 +182,7 @@ def test_token_refresh_and_chat_go_through_the_egress_proxy(google) -> None:
     """Both the google-auth token request and the Vertex call use HTTP_PROXY (and not with proxy: false)."""
     from fakes.forward_proxy import ForwardProxy
 
-    state, url, account = google
+    _state, url, account = google
     with ForwardProxy() as proxy:
         with Gateway(config(url, account), env={"HTTP_PROXY": proxy.url}) as gw, client_for(gw) as client:
             reply = client.chat.completions.create(model="gemini-2.0-flash", messages=HELLO)
