@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import gzip
 import socket
 import time
@@ -111,3 +112,20 @@ def test_transport_and_tls_keys_are_checked(tmp_path: Path, monkeypatch: pytest.
         path.write_text(_config("http://127.0.0.1:9", transport, extra))
         with pytest.raises(ConfigError, match=message):
             load_runtime(path)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_pool_timeout_on_both(upstream: FakeOpenAI, make_gateway: Callable[..., Gateway], transport: str) -> None:
+    upstream.on("slow", Behaviour(delay=1.5))
+    gw = make_gateway(_config(upstream.url, transport, "    max_connections: 1\n    pool_timeout: 0.3\n"))
+    body = {"model": "slow", "messages": [{"role": "user", "content": "x"}]}
+    url = f"{gw.base_url}/chat/completions"
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        first = pool.submit(post_json, url, body)
+        deadline = time.monotonic() + 5
+        while not upstream.requests and time.monotonic() < deadline:
+            time.sleep(0.01)
+        second = post_json(url, {**body, "model": "fast"})
+        assert first.result().status == 200
+    assert second.status == 503
+    assert second.json["error"]["code"] == "upstream_pool_timeout"

@@ -10,7 +10,7 @@ the pool wait and per-read timeouts.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 
 import aiohttp
 from yarl import URL
@@ -24,6 +24,7 @@ from .transport import (
     ConnectionClosed,
     ConnectTimeout,
     HTTPClientError,
+    PoolTimeout,
     ProtocolError,
     ReadTimeout,
     ResponseTooLarge,
@@ -59,10 +60,11 @@ def _error(exc: BaseException, url: str) -> HTTPClientError:
 class AioResponse:
     """An `aiohttp.ClientResponse` as the seam's `Response`."""
 
-    __slots__ = ("_resp", "_url", "headers", "max_body_size", "status")
+    __slots__ = ("_done", "_resp", "_url", "headers", "max_body_size", "status")
 
-    def __init__(self, resp: aiohttp.ClientResponse, max_body_size: int) -> None:
+    def __init__(self, resp: aiohttp.ClientResponse, max_body_size: int, done: Callable[[], None]) -> None:
         self._resp = resp
+        self._done: Callable[[], None] | None = done
         self._url = str(resp.url)
         self.status = resp.status
         headers: dict[str, str] = {}
@@ -101,9 +103,16 @@ class AioResponse:
             self._resp.release()
         else:  # not read to the end: the connection cannot be reused
             self._resp.close()
+        self._free()
 
     def close(self) -> None:
         self._resp.close()
+        self._free()
+
+    def _free(self) -> None:
+        done, self._done = self._done, None
+        if done is not None:
+            done()
 
 
 class AioTransport:
@@ -112,7 +121,8 @@ class AioTransport:
     def __init__(self, settings: TransportSettings) -> None:
         self.settings = settings
         self._session: aiohttp.ClientSession | None = None
-        self._slots: asyncio.Semaphore | None = None
+        #: Connections in use, bounded here so that waiting for one is `pool_timeout`, not a connect timeout.
+        self._slots = asyncio.Semaphore(settings.limit)
 
     def _open(self) -> aiohttp.ClientSession:
         s = self.settings
@@ -145,18 +155,24 @@ class AioTransport:
         s = self.settings
         parsed = URL(url, encoded=True)
         proxy = proxy_for(parsed, s.proxies, s.no_proxy)
-        # aiohttp's `connect` covers the wait for a pooled connection and the connect itself.
-        timeout = aiohttp.ClientTimeout(
-            total=None, connect=s.pool_timeout + s.connect_timeout, sock_connect=s.connect_timeout,
-            sock_read=s.read_timeout,
-        )
+        try:
+            async with asyncio.timeout(s.pool_timeout):
+                await self._slots.acquire()
+        except TimeoutError:
+            raise PoolTimeout(
+                f"no connection to {parsed.origin()} came free within {s.pool_timeout:g} s ({s.limit} in use)"
+            ) from None
         try:
             resp = await session.request(
-                method, parsed, headers=list(headers), data=body, allow_redirects=False, proxy=proxy, timeout=timeout
+                method, parsed, headers=list(headers), data=body, allow_redirects=False, proxy=proxy
             )
         except (TimeoutError, aiohttp.ClientError) as exc:
+            self._slots.release()
             raise _error(exc, url) from exc
-        return AioResponse(resp, s.max_body_size)
+        except BaseException:
+            self._slots.release()
+            raise
+        return AioResponse(resp, s.max_body_size, self._slots.release)
 
     async def close(self) -> None:
         if self._session is not None:
