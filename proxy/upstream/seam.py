@@ -65,7 +65,11 @@ class Upstream:
         proxies, no_proxy = environment_proxies() if use_proxy else ({}, "")
         for scheme, url in proxies.items():
             if not url.lower().startswith(("http://", "//")) and "://" in url:
-                raise options.error("proxy", f"the {scheme} proxy from the environment must be an http:// URL")
+                raise options.error(
+                    "proxy",
+                    f"the {scheme} proxy from the environment must be an http:// URL "
+                    "(or set proxy: false to connect directly)",
+                )
         self.settings = TransportSettings(
             limit=options.int("max_connections", 256, minimum=1),
             connect_timeout=options.number("connect_timeout", 10.0),
@@ -298,8 +302,12 @@ async def _read_at_most(resp: Response, limit: int) -> bytes:
 
 
 def _image_session(settings: TransportSettings) -> aiohttp.ClientSession:
-    """The session image fetches go out on (they pin checked IPs, which aiohttp does well)."""
-    connector = aiohttp.TCPConnector(limit=settings.limit, ttl_dns_cache=300, ssl=settings.ssl_context or True)
+    """The session image fetches go out on (they pin checked IPs, which aiohttp does well).
+
+    Image hosts are anywhere on the internet: they are verified against the system's trust
+    store, not the provider's `tls` (which is about its API's own certificate).
+    """
+    connector = aiohttp.TCPConnector(limit=settings.limit, ttl_dns_cache=300)
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=settings.connect_timeout, sock_read=settings.read_timeout)
     return aiohttp.ClientSession(
         connector=connector,
