@@ -41,6 +41,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Work = Callable[[web.Request, Runtime, Call], Awaitable[web.StreamResponse]]
 #: One upstream attempt: `provider.send` itself, or what wraps it (a translation, a span).
 Send = Callable[[Call, Target], Awaitable[Reply]]
+#: Prepares a model call after `rewrite_request` and picks how its attempts are sent
+#: (the Responses API translates per target).
+Plan = Callable[[Runtime, Call], Awaitable[Send]]
 
 
 async def send_to_provider(call: Call, target: Target) -> Reply:
@@ -88,7 +91,7 @@ class Forwarder:
 
         return handle
 
-    def model_call(self, endpoint: str) -> Handler:
+    def model_call(self, endpoint: str, plan: Plan | None = None) -> Handler:
         async def work(request: web.Request, runtime: Runtime, call: Call) -> web.StreamResponse:
             call.raw_body = await read_body(request, runtime.config.server.max_body_size)
             body = parse_json(call.raw_body)
@@ -101,7 +104,8 @@ class Forwarder:
             await self._authorize(runtime, call)
             await self._route(runtime, call)
             await runtime.chain.rewrite_request(call)
-            reply, first = await self._attempt(runtime, call)
+            send = await plan(runtime, call) if plan is not None else send_to_provider
+            reply, first = await self._attempt(runtime, call, send)
             return await self._respond(request, call, reply, first)
 
         return self._handler(endpoint, work, "POST")
@@ -182,7 +186,7 @@ class Forwarder:
     async def _attempt(
         self, runtime: Runtime, call: Call, send: Send = send_to_provider
     ) -> tuple[Reply, bytes | None]:
-        candidates = [t for t in call.targets if call.endpoint in t.provider.endpoints]
+        candidates = [t for t in call.targets if t.provider.serves(call.endpoint)]
         if not candidates:
             raise InvalidRequest(
                 f"The model '{call.model}' does not support /v1/{call.path}.",

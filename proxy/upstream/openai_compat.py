@@ -22,7 +22,7 @@ from ..errors import (
     GatewayError,
     error_for_status,
 )
-from ..types import CHAT, COMPLETIONS, EMBEDDINGS, PASSTHROUGH, Call, ModelInfo, Reply, Target, Usage
+from ..types import CHAT, COMPLETIONS, EMBEDDINGS, PASSTHROUGH, RESPONSES, Call, ModelInfo, Reply, Target, Usage
 from .cache import TTLCache
 from .provider import Provider
 from .seam import Upstream
@@ -37,6 +37,8 @@ FORWARDED_HEADERS = ("Content-Type", "Accept", "OpenAI-Beta", "Idempotency-Key")
 _FORWARDED = tuple((name.lower(), name) for name in FORWARDED_HEADERS)
 _USAGE_MARKERS = (b'"usage":{', b'"usage": {')
 _DONE_TAILS = (b"data: [DONE]\n\n", b"data: [DONE]\r\n\r\n")
+#: The events that end a Responses API stream (it has no [DONE]).
+_RESPONSES_ENDS = (b'"response.completed"', b'"response.incomplete"', b'"response.failed"', b"event: error")
 _MODELS_TTL = 300.0
 
 StreamFilter = Callable[[bytes], bytes]
@@ -57,8 +59,8 @@ def merge_headers(headers: Headers, more: Mapping[str, str]) -> Headers:
 def parse_usage(usage: Any) -> Usage | None:
     if not isinstance(usage, dict):
         return None
-    prompt = usage.get("prompt_tokens")
-    completion = usage.get("completion_tokens")
+    prompt = usage.get("prompt_tokens", usage.get("input_tokens"))  # chat, or the Responses API
+    completion = usage.get("completion_tokens", usage.get("output_tokens"))
     return Usage(prompt if isinstance(prompt, int) else 0, completion if isinstance(completion, int) else 0)
 
 
@@ -276,13 +278,14 @@ class OpenAICompatibleProvider(Provider):
         does not hold the client's response open (its connection is then not reused).
         """
         want_usage = call.include_usage
+        scan = call.endpoint != RESPONSES  # the Responses API's usage is read by proxy.responses; no [DONE]
         transform = self.stream_filter(call, target)
         chunks = self.upstream.chunks(resp)
         events = complete_events(chunks, self.max_event_size, self.name)
         try:
             async for block in events:
-                done = block.endswith(_DONE_TAILS)
-                if _USAGE_MARKERS[0] in block or _USAGE_MARKERS[1] in block:
+                done = block.endswith(_DONE_TAILS) if scan else any(end in block for end in _RESPONSES_ENDS)
+                if scan and (_USAGE_MARKERS[0] in block or _USAGE_MARKERS[1] in block):
                     block = self._take_usage(call, block, want_usage)
                 if transform is not None:
                     block = transform(block)

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from ..config.options import Options
 from ..errors import ConfigError, InvalidRequest
-from ..types import CHAT, COMPLETIONS, EMBEDDINGS, Call, ModelInfo, Reply, Target
+from ..types import CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES, Call, ModelInfo, Reply, Target
 
 #: What `register` takes: the class, or "module:Class" to import only when a config uses
 #: the type (so a plugin with a heavy SDK costs nothing where it is not configured).
@@ -54,11 +54,22 @@ class Provider:
     supports_passthrough: bool = False
     #: Whether it can apply a route's `guardrail:`; `check` refuses such routes otherwise.
     supports_guardrails: bool = False
+    #: How `/v1/responses` reaches it: "native" sends the Responses request upstream as it
+    #: is; "translate" has the core translate it onto this provider's chat path. YAML's
+    #: `responses:` overrides it per provider (docs/responses.md).
+    responses: str = "translate"
 
     def __init__(self, name: str, options: Options) -> None:
         self.name = name
         self.options = options
         self.type: str = options.raw("type")
+        self.responses = options.str("responses", self.responses, choices=("native", "translate"))
+
+    def serves(self, endpoint: str) -> bool:
+        """Whether a call to `endpoint` may be sent here; the attempt loop skips targets that cannot."""
+        if endpoint == RESPONSES:
+            return self.responses == "native" or CHAT in self.endpoints
+        return endpoint in self.endpoints
 
     def target_options(self, opts: Options) -> dict[str, object]:
         """Read this provider's extra keys on a route target (e.g. Vertex `endpoint_id`).
