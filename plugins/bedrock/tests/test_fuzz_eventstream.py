@@ -16,6 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from relaygate_bedrock.eventstream import EventStreamDecoder, EventStreamError
 
+from proxy.testing import split_at
+
 FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 NAME = st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7E), min_size=1, max_size=20)
 
@@ -78,23 +80,13 @@ def ours(pieces: list[bytes]) -> tuple[list[tuple[dict[str, Any], bytes]], bool]
     return out, False
 
 
-def split(data: bytes, cuts: list[int]) -> list[bytes]:
-    points = sorted({c % (len(data) + 1) for c in cuts})
-    pieces, last = [], 0
-    for p in points:
-        pieces.append(data[last:p])
-        last = p
-    pieces.append(data[last:])
-    return pieces
-
-
 @FUZZ
 @given(st.lists(frame(), min_size=1, max_size=4), st.lists(st.integers(0, 5000), max_size=8))
 def test_valid_streams_decode_the_same(frames: list[bytes], cuts: list[int]) -> None:
     data = b"".join(frames)
     expected, failed = botocore_messages(data)
     assert not failed
-    got, error = ours(split(data, cuts))
+    got, error = ours(split_at(data, cuts))
     assert not error
     assert [(_normal(h), p) for h, p in got] == [(_normal(h), p) for h, p in expected]
 
@@ -114,7 +106,7 @@ def test_corrupt_streams_never_yield_what_botocore_refuses(frames: list[bytes], 
             del raw[at]
     stream = bytes(raw)
     expected, refused = botocore_messages(stream)
-    got, error = ours(split(stream, data.draw(st.lists(st.integers(0, 5000), max_size=4))))
+    got, error = ours(split_at(stream, data.draw(st.lists(st.integers(0, 5000), max_size=4))))
     # Every message the decoder yields, botocore yields too, in order.
     assert [(_normal(h), p) for h, p in got] == [(_normal(h), p) for h, p in expected[: len(got)]]
     if refused:

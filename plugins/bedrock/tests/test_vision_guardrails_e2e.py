@@ -8,7 +8,7 @@ from collections.abc import Callable
 import openai
 import pytest
 from aiohttp import web
-from aiohttp.typedefs import Handler, Middleware
+from aiohttp.typedefs import Handler
 from bedrock_helpers import CLAUDE, CLIENT_KEY, PNG, assert_no_secrets, config_yaml, post, validate_error
 from fakes.bedrock import FakeBedrock
 
@@ -79,9 +79,7 @@ def test_s6_an_image_named_many_times_is_fetched_once(fake: FakeBedrock, make_ga
     extra = "    fetch_images: true\n    image_fetch: {allow_private: true}\n"
     gw = make_gateway(config_yaml(fake.url, provider_extra=extra))
     hits: list[str] = []
-    app = _image_host()
-    app.middlewares.append(_counting(hits))
-    with FakeServer(app) as host:
+    with FakeServer(_counted_image_host(hits)) as host:
         url = f"{host.url}/cat.png"
         parts = [{"type": "image_url", "image_url": {"url": url}} for _ in range(64)]
         resp = post(gw.base_url, "/chat/completions",
@@ -98,9 +96,7 @@ def test_s6_more_distinct_images_than_the_cap_are_refused_unfetched(
     extra = "    fetch_images: true\n    image_fetch: {allow_private: true, max_images: 3}\n"
     gw = make_gateway(config_yaml(fake.url, provider_extra=extra))
     hits: list[str] = []
-    app = _image_host()
-    app.middlewares.append(_counting(hits))
-    with FakeServer(app) as host:
+    with FakeServer(_counted_image_host(hits)) as host:
         parts = [{"type": "image_url", "image_url": {"url": f"{host.url}/cat.png?{i}"}} for i in range(4)]
         resp = post(gw.base_url, "/chat/completions",
                     {"model": "claude", "messages": [{"role": "user", "content": parts}]})
@@ -109,13 +105,17 @@ def test_s6_more_distinct_images_than_the_cap_are_refused_unfetched(
     assert hits == [] and fake.requests == []
 
 
-def _counting(hits: list[str]) -> Middleware:
+def _counted_image_host(hits: list[str]) -> web.Application:
+    """`_image_host`, recording each path it serves in `hits`."""
+
     @web.middleware
     async def count(request: web.Request, handler: Handler) -> web.StreamResponse:
         hits.append(request.path)
         return await handler(request)
 
-    return count
+    app = _image_host()
+    app.middlewares.append(count)
+    return app
 
 
 # ---------------------------------------------------------------- guardrails
