@@ -8,6 +8,7 @@ generous at once: a finding that came back hangs until the bound and fails.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import gzip
 import socket
 import time
@@ -131,23 +132,18 @@ async def _slow_first(up: RawUpstream, reader: asyncio.StreamReader, writer: asy
 def test_r3_waiting_for_a_pooled_connection_is_bounded(make_gateway: Callable[..., Gateway]) -> None:
     with RawUpstream(_slow_first) as up:
         gw = make_gateway(gateway_config(up.url, "    max_connections: 1\n    pool_timeout: 0.5\n"))
-
-        async def both() -> list[Any]:
-            return await asyncio.gather(asyncio.to_thread(chat, gw), _later(0.3, chat, gw))
-
-        first, second = asyncio.run(both())
-        assert first.status == 200
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            first = pool.submit(chat, gw)
+            deadline = time.monotonic() + 5
+            while not up.requests and time.monotonic() < deadline:  # the first holds the connection
+                time.sleep(0.01)
+            started = time.monotonic()
+            second = chat(gw)
+            elapsed = time.monotonic() - started
+            assert first.result().status == 200
         assert second.status == 503
         assert second.json["error"]["code"] == "upstream_pool_timeout"
-        assert second.elapsed < 2.5  # answered at pool_timeout, not after the first call
-
-
-async def _later(delay: float, fn: Callable[..., Any], *args: Any) -> Any:
-    await asyncio.sleep(delay)
-    started = time.monotonic()
-    result = await asyncio.to_thread(fn, *args)
-    result.elapsed = time.monotonic() - started
-    return result
+        assert elapsed < 2.5  # answered at pool_timeout, not after the first call
 
 
 # ------------------------------------------------------------------ R1: response head caps
