@@ -350,6 +350,19 @@ def test_tls_per_provider_trusts_its_own_ca(make_gateway: Callable[..., Gateway]
     assert chat(gw2).status == 200
 
 
+def test_tls_client_certificate(make_gateway: Callable[..., Gateway], tmp_path: Path) -> None:
+    cert, key = self_signed(tmp_path)
+    client_cert, client_key = self_signed(tmp_path, "client-", client=True)
+    context = server_context(cert, key, client_ca=client_cert)
+    with RawUpstream(answer(json_response(CHAT_BODY)), ssl_context=context) as up:
+        mutual = f"    tls: {{ca_file: {cert}, client_cert: {client_cert}, client_key: {client_key}}}\n"
+        assert chat(make_gateway(gateway_config(up.url, mutual))).status == 200
+        anonymous = make_gateway(gateway_config(up.url, f"    tls: {{ca_file: {cert}}}\n"))
+        refused = chat(anonymous)
+        assert refused.status in (502, 503)  # the server ends the handshake, or the first read
+        assert up.requests == [up.requests[0]]  # only the authenticated request arrived
+
+
 # ------------------------------------------------------------------ egress proxies
 
 
