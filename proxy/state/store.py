@@ -110,17 +110,25 @@ class RedisStore(Store):
 
     shared = True
 
-    def __init__(self, url: str, on_error: OnError = "allow", *, timeout: float = 1.0) -> None:
+    def __init__(
+        self, url: str, on_error: OnError = "allow", *, timeout: float = 1.0, max_connections: int = 64
+    ) -> None:
         super().__init__(on_error)
         import redis.asyncio  # the dependency is imported only where a config uses Redis
 
         self.url = url
-        self.redis: redis.asyncio.Redis = redis.asyncio.Redis.from_url(
+        # A bounded pool that queues: a burst of requests waits for a connection rather
+        # than failing (redis-py's default pool raises past 100), and Redis never sees
+        # thousands of connections from one process.
+        pool = redis.asyncio.BlockingConnectionPool.from_url(
             url,
+            max_connections=max_connections,
+            timeout=5.0,
             socket_connect_timeout=timeout,
             socket_timeout=timeout,
             health_check_interval=30,
         )
+        self.redis: redis.asyncio.Redis = redis.asyncio.Redis.from_pool(pool)
         self._errors: tuple[type[BaseException], ...] = (redis.exceptions.RedisError, OSError, asyncio.TimeoutError)
 
     @property
