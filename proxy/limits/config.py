@@ -49,7 +49,7 @@ class Price:
     cached_input: float | None = None
 
     def cost(self, prompt: int, completion: int, cached: int = 0) -> float:
-        """Uncached input × input + cached input × cached_input + output × output."""
+        """USD: uncached input * input + cached input * cached_input + output * output, per 1M."""
         cached = min(cached, prompt)
         cached_rate = self.input if self.cached_input is None else self.cached_input
         return ((prompt - cached) * self.input + cached * cached_rate + completion * self.output) / 1e6
@@ -152,3 +152,14 @@ def read_provider_policy(opts: Options) -> ProviderPolicy:
         breaker = BreakerSettings(block.int("failures", 5, minimum=1), float(block.number("cooldown", 30.0)))
         block.check_unused()
     return ProviderPolicy(read_limits(opts), retries, breaker)
+
+
+def unshared_limits(has_limits: bool, redis: str | None, workers: int) -> str | None:
+    """Why N processes cannot serve this config: limits counted per process would admit N x."""
+    if workers > 1 and has_limits and redis is None:
+        return (
+            f"--workers {workers} with limits or budgets needs state.redis: each process would count "
+            "on its own and admit up to N times every limit. Set state.redis (shared counters) or serve "
+            "with one worker."
+        )
+    return None

@@ -12,6 +12,9 @@ a single Redis (with replicas for failover) serves; Redis Cluster does not.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
@@ -22,6 +25,7 @@ from .windows import KINDS, LEASE_MS, NANO, WINDOW_MS, Counters, ScopeCheck, Sco
 if TYPE_CHECKING:
     from ..state import RedisStore
 
+log = logging.getLogger("relaygate.limits")
 NS = "relaygate:lim:"
 #: After a failed call, requests skip Redis (and get `on_error` at once) for this long,
 #: so a dead or black-holed Redis costs one timeout per interval, not one per request.
@@ -270,6 +274,9 @@ class RedisCounters(Counters):
         self._script = store.redis.register_script(SCRIPT)
         self._head = [window_ms, lease_ms, NS]
         self._skip_until = 0.0
+        #: Reservations of this process holding leases: rid -> (taken at, scope prefixes).
+        self._leases: dict[str, tuple[float, list[str]]] = {}
+        self._refresher: asyncio.Task[None] | None = None
 
     async def _run(self, op: str, args: list[Any]) -> Any:
         store = self.store
@@ -294,13 +301,49 @@ class RedisCounters(Counters):
         info = [WindowInfo(*(int(v) for v in out[2 + 4 * i : 6 + 4 * i])) for i in range(n)]
         rest = out[2 + 4 * n :]
         rejections = [(int(rest[i]), KINDS[int(rest[i + 1])], int(rest[i + 2])) for i in range(0, len(rest), 3)]
-        return Verdict(int(out[0]), int(out[1]), info, rejections)
+        verdict = Verdict(int(out[0]), int(out[1]), info, rejections)
+        if verdict.status == 0:
+            taken = [*required, any_of[verdict.chosen]] if verdict.chosen >= 0 else required
+            leased = [c.prefix for c in taken if c.concurrency or c.budget]
+            if leased:
+                self._leases[rid] = (time.monotonic(), leased)
+                if self._refresher is None:
+                    self._refresher = asyncio.get_running_loop().create_task(self._refresh())
+        return verdict
 
     async def finish(self, rid: str, ends: Sequence[ScopeEnd]) -> None:
+        held = self._leases.get(rid)
+        if held is not None:
+            left = [p for p in held[1] if all(e.prefix != p for e in ends)]
+            if left:
+                self._leases[rid] = (held[0], left)
+            else:
+                del self._leases[rid]
         args: list[Any] = [rid, len(ends)]
         for e in ends:
             args += e.fields()
         await self._run("finish", args)
+
+    async def _refresh(self) -> None:
+        """Extend the leases of long requests (streams) while they last; ends when none is left."""
+        period = self.lease_ms / 3000
+        try:
+            while self._leases:
+                await asyncio.sleep(period)
+                old = time.monotonic() - period
+                due = [(rid, p) for rid, (at, prefixes) in list(self._leases.items()) if at <= old for p in prefixes]
+                if due:
+                    with contextlib.suppress(StateUnavailable):
+                        await self.touch(due)
+        finally:
+            self._refresher = None
+
+    async def close(self) -> None:
+        task = self._refresher
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     async def touch(self, leases: Sequence[tuple[str, str]]) -> None:
         args: list[Any] = [len(leases)]

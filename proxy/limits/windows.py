@@ -114,6 +114,9 @@ class Counters(ABC):
     async def snapshot(self, prefix: str, spent_key: str = "") -> dict[str, float]:
         """requests, tokens, concurrency, reserved_usd and spent_usd of one scope (tests, debugging)."""
 
+    async def close(self) -> None:  # noqa: B027  # nothing to stop in process
+        """Stop background work (the lease refresher); called when the store closes."""
+
 
 # ---------------------------------------------------------------- in process
 
@@ -225,7 +228,8 @@ class MemoryCounters(Counters):
         status = 0 if ok else 1
         if ok and any_of:
             n = len(required)
-            chosen = next((j for j, c in enumerate(any_of) if self._check(c, scopes[n + j], n + j, now, rejections)), -1)
+            fits = (j for j, c in enumerate(any_of) if self._check(c, scopes[n + j], n + j, now, rejections))
+            chosen = next(fits, -1)
             if chosen < 0:
                 status = 2
         if status == 0:

@@ -12,7 +12,8 @@ import asyncio
 import logging
 import time
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Literal
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
 if TYPE_CHECKING:
     import redis.asyncio
@@ -21,6 +22,13 @@ log = logging.getLogger("relaygate.state")
 
 OnError = Literal["allow", "deny"]
 PREFIX = "relaygate:"
+
+
+class Attachment(Protocol):
+    async def close(self) -> None: ...
+
+
+A = TypeVar("A", bound=Attachment)
 
 
 class StateUnavailable(Exception):
@@ -38,6 +46,7 @@ class Store(ABC):
         #: Outages seen so far (a metric; one per transition from up to down).
         self.outages = 0
         self._down = False
+        self._attachments: dict[str, Any] = {}
 
     @abstractmethod
     async def get(self, key: str) -> bytes | None: ...
@@ -48,8 +57,22 @@ class Store(ABC):
     @abstractmethod
     async def delete(self, key: str) -> bool: ...
 
-    async def close(self) -> None:  # noqa: B027  # a no-op is right for the in-process store
-        """Release connections (the in-process store has none)."""
+    def attachment(self, name: str, make: Callable[[Store], A]) -> A:
+        """The store's companion `name` (e.g. limit counters), made on first use.
+
+        It lives as long as the store, so it is carried over reloads with it, and is
+        closed with it.
+        """
+        found = self._attachments.get(name)
+        if found is None:
+            found = self._attachments[name] = make(self)
+        return found  # type: ignore[no-any-return]
+
+    async def close(self) -> None:
+        """Close the attachments, then release connections (the in-process store has none)."""
+        attachments, self._attachments = self._attachments, {}
+        for item in attachments.values():
+            await item.close()
 
     @property
     def down(self) -> bool:
@@ -163,6 +186,7 @@ class RedisStore(Store):
         return bool(deleted)
 
     async def close(self) -> None:
+        await super().close()
         await self.redis.aclose()
 
 
