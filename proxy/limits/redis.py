@@ -5,9 +5,10 @@ The script is loaded once per connection pool and called with EVALSHA (redis-py'
 call admits a request in every scope (or in none); one call settles it. Time is Redis's
 own clock (`TIME`), so replicas with skewed clocks still share one window.
 
-Keys live under `relaygate:lim:<scope>:` and expire on their own once a scope is idle.
-One script touches every scope of a request, so the scopes must live on one Redis node:
-a single Redis (with replicas for failover) serves; Redis Cluster does not.
+Keys live under `relaygate:lim:<scope>:` (scope `k:<key>`, `r:<route>`, `p:<provider>`) and
+expire on their own once a scope is idle. One script touches every scope of a request, so
+the scopes must live on one Redis node: a single Redis (with replicas for failover) serves;
+Redis Cluster does not.
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ end
 
 -- One scope's fields start at ARGV[i]: prefix rpm tpm conc tokens budget spent_key cost period_left
 local function read(i)
-  return NS .. ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3]),
+  return NS .. ARGV[i] .. ':', tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3]),
          tonumber(ARGV[i + 4]), tonumber(ARGV[i + 5]), ARGV[i + 6], tonumber(ARGV[i + 7]), tonumber(ARGV[i + 8])
 end
 
@@ -202,7 +203,7 @@ if op == 'finish' then
   local n = tonumber(ARGV[6])
   for k = 0, n - 1 do
     local i = 7 + k * 11
-    local p, mode = NS .. ARGV[i], ARGV[i + 1]
+    local p, mode = NS .. ARGV[i] .. ':', ARGV[i + 1]
     local rpm, tpm, conc, budget = ARGV[i + 2] == '1', ARGV[i + 3] == '1', ARGV[i + 4] == '1', ARGV[i + 5] == '1'
     local tokens, estimate, spent_key = tonumber(ARGV[i + 6]), tonumber(ARGV[i + 7]), ARGV[i + 8]
     local cost, ttl = tonumber(ARGV[i + 9]), tonumber(ARGV[i + 10])
@@ -246,7 +247,7 @@ end
 if op == 'touch' then
   local n = tonumber(ARGV[5])
   for k = 0, n - 1 do
-    local rid, p = ARGV[6 + 2 * k], NS .. ARGV[7 + 2 * k]
+    local rid, p = ARGV[6 + 2 * k], NS .. ARGV[7 + 2 * k] .. ':'
     for _, key in ipairs({'c', 'b'}) do
       if redis.call('ZADD', p .. key, 'XX', 'CH', now + LEASE, rid) == 1 then
         redis.call('PEXPIRE', p .. key, LEASE + 1000)
@@ -258,7 +259,7 @@ if op == 'touch' then
   return 1
 end
 if op == 'purge' then
-  purge(NS .. ARGV[5], 1, 1, 1, 1)
+  purge(NS .. ARGV[5] .. ':', 1, 1, 1, 1)
   return 1
 end
 return redis.error_reply('relaygate limits: unknown op ' .. tostring(op))
@@ -354,7 +355,7 @@ class RedisCounters(Counters):
     async def snapshot(self, prefix: str, spent_key: str = "") -> dict[str, float]:
         await self._run("purge", [prefix])
         r = self.store.redis
-        p = NS + prefix
+        p = NS + prefix + ":"
         pipe = r.pipeline(transaction=False)
         pipe.zcard(p + "q").get(p + "ts").zcard(p + "c").get(p + "bs").get(p + "s:" + spent_key)
         q, ts, c, bs, spent = await pipe.execute()
