@@ -348,3 +348,23 @@ def test_limits_survive_a_reload(state: str, upstream: FakeOpenAI, make_gateway:
     assert post_json(f"{gw.base_url}/chat/completions", {"model": "m", "messages": CHAT}).status == 429
     assert gw.reload(config(upstream.url, state=state, key_a="limits: {rpm: 3}"))  # a raised limit applies at once
     assert post_json(f"{gw.base_url}/chat/completions", {"model": "m", "messages": CHAT}).status == 200
+
+
+def test_pass_through_is_counted_and_settled(
+    state: str, upstream: FakeOpenAI, make_gateway: Callable[..., Gateway]
+) -> None:
+    gw = make_gateway(config(upstream.url, state=state, key_a="limits: {rpm: 100, concurrency: 1}"))
+    assert post_json(f"{gw.base_url}/moderations", {"model": "omni-moderation-latest", "input": "x"}).status == 200
+    speech = post_json(f"{gw.base_url}/audio/speech", {"model": "tts-1", "input": "hi", "voice": "alloy"})
+    assert speech.status == 200 and speech.header("x-ratelimit-limit-requests") == "100"
+    access_records(gw, 2)
+    assert snapshot(gw, "k:team-a")["requests"] == 2 and snapshot(gw, "k:team-a")["concurrency"] == 0
+
+
+def test_usage_of_a_responses_body_counts_cached_input() -> None:
+    from proxy.upstream.openai_compat import OpenAICompatibleProvider
+
+    body = orjson.dumps({"id": "resp_1", "output": [], "usage": {
+        "input_tokens": 30, "input_tokens_details": {"cached_tokens": 20}, "output_tokens": 5, "total_tokens": 35}})
+    usage = OpenAICompatibleProvider._usage_of(body)
+    assert usage is not None and (usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens) == (30, 5, 20)
