@@ -103,12 +103,12 @@ def read_budget(opts: Options) -> Budget | None:
     usd = block.number("usd")
     if usd <= 0:
         raise block.error("usd", f"expected a number of dollars > 0, got {usd!r}")
-    raw = block.str("period", "month").strip().lower()
-    period = _PERIOD_ALIASES.get(raw, raw)
-    if period not in PERIODS:
+    raw: str = block.str("period", "month").strip().lower()
+    period = _PERIOD_ALIASES.get(raw) or next((p for p in PERIODS if p == raw), None)
+    if period is None:
         raise block.error("period", f"expected one of {', '.join(PERIODS)}, got {block.raw('period')!r}")
     block.check_unused()
-    return Budget(float(usd), period)  # type: ignore[arg-type]
+    return Budget(float(usd), period)
 
 
 def read_price(opts: Options) -> Price | None:
@@ -123,10 +123,11 @@ def read_price(opts: Options) -> Price | None:
 
 
 def read_strategy(opts: Options) -> Strategy:
-    raw = opts.str("strategy", "fallback").strip().lower().replace("-", "_")
-    if raw not in STRATEGIES:
+    raw: str = opts.str("strategy", "fallback").strip().lower().replace("-", "_")
+    strategy = next((s for s in STRATEGIES if s == raw), None)
+    if strategy is None:
         raise opts.error("strategy", f"expected one of {', '.join(STRATEGIES)}, got {opts.raw('strategy')!r}")
-    return raw  # type: ignore[return-value]
+    return strategy
 
 
 def read_weight(opts: Options) -> float:

@@ -284,7 +284,7 @@ class RedisCounters(Counters):
         if store.down and time.monotonic() < self._skip_until:
             raise StateUnavailable("shared state down")
         try:
-            result = await self._script(args=[op, *self._head, *args])
+            result = await self._script(args=[op, *self._head, *args])  # type: ignore[list-item]
         except store.errors as exc:
             self._skip_until = time.monotonic() + PROBE_INTERVAL
             store.mark_down(exc)
@@ -357,7 +357,8 @@ class RedisCounters(Counters):
         r = self.store.redis
         p = NS + prefix + ":"
         pipe = r.pipeline(transaction=False)
-        pipe.zcard(p + "q").get(p + "ts").zcard(p + "c").get(p + "bs").get(p + "s:" + spent_key)
+        for name in ("q", "ts", "c", "bs", "s:" + spent_key):
+            pipe.zcard(p + name) if name in ("q", "c") else pipe.get(p + name)
         q, ts, c, bs, spent = await pipe.execute()
         return {
             "requests": int(q),

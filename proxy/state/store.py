@@ -66,7 +66,7 @@ class Store(ABC):
         found = self._attachments.get(name)
         if found is None:
             found = self._attachments[name] = make(self)
-        return found  # type: ignore[no-any-return]
+        return found
 
     async def close(self) -> None:
         """Close the attachments, then release connections (the in-process store has none)."""
@@ -166,7 +166,7 @@ class RedisStore(Store):
             self.mark_down(exc)
             raise StateUnavailable(str(type(exc).__name__)) from exc
         self.mark_up()
-        return value  # type: ignore[no-any-return]
+        return value if value is None or isinstance(value, bytes) else str(value).encode()
 
     async def set(self, key: str, value: bytes, ttl: float) -> None:
         try:
