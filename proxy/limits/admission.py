@@ -72,7 +72,6 @@ class Limiter:
     def __init__(self, config: Config, store: Store) -> None:
         self.store = store
         self.counters = counters_for(store)
-        self.shared = store.shared
         self.keys: dict[str, tuple[Limits | None, Budget | None]] = {
             k.name: (k.limits, k.budget) for k in config.clients or () if k.limits or k.budget
         }
@@ -219,7 +218,7 @@ class Limiter:
         if check is not None:
             end = ScopeEnd(check.prefix, False, tpm=bool(check.tpm), concurrency=bool(check.concurrency),
                            estimate=check.tokens)  # fmt: skip
-            await self._finish(adm.provider_rid, [end])
+            await self._finish([(adm.provider_rid, [end])])
 
     async def finish(self, call: Call, adm: Admission, price: Price | None) -> None:
         """Settle to the real usage (or the estimate, when it is unknown), or release on failure."""
@@ -242,6 +241,7 @@ class Limiter:
                     end.spent_key, end.spent_ttl_ms = self._spent_period(adm)
                 ends.append(end)
         provider, adm.provider = adm.provider, None
+        items: list[tuple[str, list[ScopeEnd]]] = []
         if provider is not None:
             provider_end = ScopeEnd(provider.prefix, False, tpm=bool(provider.tpm),
                                     concurrency=bool(provider.concurrency), tokens=tokens if settle else 0,
@@ -249,10 +249,12 @@ class Limiter:
             if adm.provider_rid == adm.rid:
                 ends.append(provider_end)
             else:
-                await self._finish(adm.provider_rid, [provider_end])
+                items.append((adm.provider_rid, [provider_end]))
         adm.reserved = False
         if ends:
-            await self._finish(adm.rid, ends)
+            items.append((adm.rid, ends))
+        if items:
+            await self._finish(items)
 
     def _spent_period(self, adm: Admission) -> tuple[str, int]:
         """The period a settled cost is charged to (the one current now) and how long to keep it."""
@@ -260,11 +262,11 @@ class Limiter:
         pid, end = self.periods.current(adm.budget.period)
         return pid, 0 if end is None else int((end - time.time() + 86400) * 1000)
 
-    async def _finish(self, rid: str, ends: list[ScopeEnd]) -> None:
+    async def _finish(self, items: list[tuple[str, list[ScopeEnd]]]) -> None:
         try:
-            await self.counters.finish(rid, ends)
+            await self.counters.finish_many(items)  # queued before this first wait
         except StateUnavailable:
-            log.debug("settlement of %s skipped: shared state down (its leases lapse)", rid)
+            log.debug("settlement skipped: shared state down (its leases lapse)")
 
 
 def _check(prefix: str, limits: Limits | None, tokens: int) -> ScopeCheck:
@@ -281,14 +283,13 @@ def duration(ms: int) -> str:
     ms = max(int(ms), 0)
     if ms < 1000:
         return f"{ms}ms"
+    if ms < 60_000:
+        return f"{ms / 1000:g}s"
     hours, rest = divmod(ms, 3_600_000)
     minutes, rest = divmod(rest, 60_000)
-    seconds = f"{rest / 1000:.3f}".rstrip("0").rstrip(".")
     if hours:
-        return f"{hours}h{minutes}m{seconds}s"
-    if minutes:
-        return f"{minutes}m{seconds}s"
-    return f"{seconds}s"
+        return f"{hours}h{minutes}m{rest / 1000:g}s"
+    return f"{minutes}m{rest / 1000:g}s"
 
 
 def _seconds(ms: int) -> str:

@@ -61,14 +61,17 @@ def input_tokens(body: dict[str, Any] | None, raw_size: int) -> int:
         return 0
     chars = images = extra = 0
     messages = body.get("messages")
-    if isinstance(messages, list):
+    if type(messages) is list:
         for m in messages:
-            if isinstance(m, dict):
-                c, i = _chars(m.get("content"))
-                chars, images = chars + c, images + i
-                calls = m.get("tool_calls")
-                if calls:
-                    chars += len(str(calls))
+            if type(m) is dict:
+                content = m.get("content")
+                if type(content) is str:  # the common case, without a call
+                    chars += len(content)
+                elif content is not None:
+                    c, i = _chars(content)
+                    chars, images = chars + c, images + i
+                if "tool_calls" in m:
+                    chars += len(str(m["tool_calls"]))
         extra += MESSAGE_TOKENS * len(messages)
     for key in ("prompt", "input", "instructions"):
         value = body.get(key)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 
 WINDOW_MS = 60_000
@@ -46,9 +46,10 @@ class ScopeCheck:
     cost: int = 0  # nano-USD estimate
     period_left_ms: int = 0  # until the period ends (0: total, never)
 
-    def fields(self) -> list[str | int]:
-        return [self.prefix, self.rpm, self.tpm, self.concurrency, self.tokens, self.budget,
-                self.spent_key, self.cost, self.period_left_ms]  # fmt: skip
+    def wire(self) -> str:
+        """The Lua script's one argument for this scope: the fields, NUL-separated."""
+        return (f"{self.prefix}\0{self.rpm}\0{self.tpm}\0{self.concurrency}\0{self.tokens}\0{self.budget}\0"
+                f"{self.spent_key}\0{self.cost}\0{self.period_left_ms}")  # fmt: skip
 
 
 @dataclass(slots=True)
@@ -87,9 +88,11 @@ class ScopeEnd:
     cost: int = 0  # nano-USD, the real cost
     spent_ttl_ms: int = 0  # keep the period's spend this long (0: forever)
 
-    def fields(self) -> list[str | int]:
-        return [self.prefix, "r" if self.release else "s", int(self.rpm), int(self.tpm), int(self.concurrency),
-                int(self.budget), self.tokens, self.estimate, self.spent_key, self.cost, self.spent_ttl_ms]
+    def wire(self) -> str:
+        """The Lua script's one argument for this scope: the fields, NUL-separated."""
+        return (f"{self.prefix}\0{'r' if self.release else 's'}\0{self.rpm:d}\0{self.tpm:d}\0{self.concurrency:d}"
+                f"\0{self.budget:d}\0{self.tokens}\0{self.estimate}\0{self.spent_key}\0{self.cost}"
+                f"\0{self.spent_ttl_ms}")  # fmt: skip
 
 
 class Counters(ABC):
@@ -106,6 +109,15 @@ class Counters(ABC):
     @abstractmethod
     async def finish(self, rid: str, ends: Sequence[ScopeEnd]) -> None:
         """Settle or release reservation `rid` in each scope of `ends`."""
+
+    def finish_many(self, items: Sequence[tuple[str, Sequence[ScopeEnd]]]) -> Awaitable[None]:
+        """`finish` of several reservations, taken in hand before the caller first waits (so a
+        caller cancelled while it waits loses none of them)."""
+        return self._finish_all(items)
+
+    async def _finish_all(self, items: Sequence[tuple[str, Sequence[ScopeEnd]]]) -> None:
+        for rid, ends in items:
+            await self.finish(rid, ends)  # in process: runs to its end without suspending
 
     async def touch(self, leases: Sequence[tuple[str, str]]) -> None:  # noqa: B027  # memory leases never lapse
         """Extend the leases (concurrency, budget) of (rid, prefix) pairs still in flight."""

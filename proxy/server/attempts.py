@@ -185,8 +185,5 @@ async def finish(runtime: Runtime, call: Call) -> None:
     adm = call.admission
     limiter = runtime.limiter
     if adm is not None and limiter is not None:
-        if limiter.shared:
-            # Shielded: a client that hangs up now (a cancellation) must not leave a reservation behind.
-            await asyncio.shield(limiter.finish(call, adm, price))
-        else:
-            await limiter.finish(call, adm, price)  # in process: nothing to wait for, nothing to cancel
+        # Queued before its first wait: a client that hangs up now cannot leave a reservation behind.
+        await limiter.finish(call, adm, price)

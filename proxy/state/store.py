@@ -15,6 +15,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
 
+from .resp import RespClient, RespError
+
 if TYPE_CHECKING:
     import redis.asyncio
 
@@ -152,7 +154,11 @@ class RedisStore(Store):
             health_check_interval=30,
         )
         self.redis: redis.asyncio.Redis = redis.asyncio.Redis.from_pool(pool)
-        self._errors: tuple[type[BaseException], ...] = (redis.exceptions.RedisError, OSError, asyncio.TimeoutError)
+        #: The hot path's client (limit admission and settlement): one pipelined connection.
+        self.fast = RespClient(url, timeout=timeout)
+        self._errors: tuple[type[BaseException], ...] = (
+            redis.exceptions.RedisError, OSError, asyncio.TimeoutError, RespError,
+        )  # fmt: skip
 
     @property
     def errors(self) -> tuple[type[BaseException], ...]:
@@ -187,6 +193,7 @@ class RedisStore(Store):
 
     async def close(self) -> None:
         await super().close()
+        await self.fast.close()
         await self.redis.aclose()
 
 
