@@ -109,3 +109,24 @@ async def test_a_refused_scope_takes_nothing_anywhere(counters: Counters) -> Non
     assert verdict.status == 1 and [r[:2] for r in verdict.rejections] == [(1, "requests")]
     snap = await counters.snapshot(a.prefix)
     assert snap["requests"] == 0 and snap["tokens"] == 0
+
+
+async def test_leases_are_renewed_while_held_and_lapse_when_their_process_is_gone(redis_server: RedisServer) -> None:
+    store = RedisStore(redis_server.url)
+    living = RedisCounters(store, window_ms=WINDOW, lease_ms=300)
+    other = RedisStore(redis_server.url)
+    dead = RedisCounters(other, window_ms=WINDOW, lease_ms=300)
+    try:
+        s = scope(concurrency=2)
+        assert (await living.admit("alive", [s], [])).status == 0
+        assert (await dead.admit("gone", [s], [])).status == 0
+        await dead.close()  # its process died: nobody renews its lease
+        await asyncio.sleep(0.6)  # two leases long: the living one was renewed meanwhile
+        snap = await living.snapshot(s.prefix)
+        assert snap["concurrency"] == 1
+        await living.finish("alive", [ScopeEnd(s.prefix, False, concurrency=True)])
+        assert (await living.snapshot(s.prefix))["concurrency"] == 0
+    finally:
+        await living.close()
+        await store.close()
+        await other.close()
