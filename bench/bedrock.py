@@ -265,9 +265,55 @@ def _wait(port: int, proc: subprocess.Popen[bytes]) -> None:
     raise RuntimeError(f"nothing listening on {port}")
 
 
+Results = dict[str, list[tuple[float, float, float]]]
+
+
+async def measure(gw: subprocess.Popen[bytes], port: int, cells: list[tuple[str, bytes]], duration: float,
+                  rounds: int, work: Path) -> Results:  # fmt: skip
+    """(gateway CPU s/req, req/s, p50 s) per named raw request and round, at one connection."""
+    from loadgen import run_load
+
+    results: Results = {name: [] for name, _ in cells}
+    for name, raw in cells:  # warm up
+        res = await run_load(HOST, port, raw, concurrency=1, duration=None, requests=300)
+        if res.errors:
+            raise RuntimeError(f"{name}: {res.errors} errors (see {work})")
+    for _ in range(rounds):  # interleaved, so a burst of foreign load hits every cell alike
+        for name, raw in cells:
+            cpu0 = _cpu(gw.pid)
+            res = await run_load(HOST, port, raw, concurrency=1, duration=duration, requests=None)
+            cpu = (_cpu(gw.pid) - cpu0) / max(res.count, 1)
+            lat = statistics.median(res.latencies) if res.latencies else 0.0
+            results[name].append((cpu, res.rps, lat))
+    return results
+
+
+def stop_all(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(5)
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def print_results(results: Results) -> dict[str, float]:
+    """The table of (CPU s/req, req/s, p50 s) rounds per path; the median CPU per path."""
+    print("| path | CPU ms/req | req/s | p50 latency ms |\n|---|---:|---:|---:|")
+    medians = {}
+    for name, rows in results.items():
+        medians[name] = statistics.median(r[0] for r in rows)
+        print(f"| {name} | {medians[name] * 1e3:.3f} | {statistics.median(r[1] for r in rows):.0f} | "
+              f"{statistics.median(r[2] for r in rows) * 1e3:.3f} |")
+    print()
+    return medians
+
+
 async def end_to_end(duration: float, chunks: int, rounds: int) -> None:
     sys.path.insert(0, str(BENCH))
-    from loadgen import build_request, run_load
+    from loadgen import build_request
 
     work = Path(tempfile.mkdtemp(prefix="bench-bedrock-"))
     procs: list[subprocess.Popen[bytes]] = []
@@ -302,44 +348,18 @@ async def end_to_end(duration: float, chunks: int, rounds: int) -> None:
         headers = {"Content-Type": "application/json", "Authorization": f"Bearer {CLIENT_KEY}"}
         cells = [("OpenAI pass-through", "bench-model", False), ("Bedrock Converse", "claude", False),
                  ("OpenAI pass-through stream", "bench-model", True), ("Bedrock ConverseStream", "claude", True)]
-        results: dict[str, list[tuple[float, float, float]]] = {name: [] for name, _, _ in cells}
-        for name, model, stream in cells:  # warm up
-            raw = build_request(HOST, gw_port, "/v1/chat/completions", chat_body(stream, model), headers)
-            res = await run_load(HOST, gw_port, raw, concurrency=1, duration=None, requests=300)
-            if res.errors:
-                raise RuntimeError(f"{name}: {res.errors} errors (see {work})")
-        for _ in range(rounds):  # interleaved, so a burst of foreign load hits every cell alike
-            for name, model, stream in cells:
-                raw = build_request(HOST, gw_port, "/v1/chat/completions", chat_body(stream, model),
-                                    headers)
-                cpu0 = _cpu(gw.pid)
-                res = await run_load(HOST, gw_port, raw, concurrency=1, duration=duration, requests=None)
-                cpu = (_cpu(gw.pid) - cpu0) / max(res.count, 1)
-                lat = statistics.median(res.latencies) if res.latencies else 0.0
-                results[name].append((cpu, res.rps, lat))
+        requests = [(name, build_request(HOST, gw_port, "/v1/chat/completions", chat_body(stream, model), headers))
+                    for name, model, stream in cells]  # fmt: skip
+        results = await measure(gw, gw_port, requests, duration, rounds, work)
         print(f"## End to end (gateway process CPU per request, 1 connection, {chunks} chunks per stream, "
               f"median of {rounds} rounds of {duration:g} s)\n")
-        print("| path | CPU ms/req | req/s | p50 latency ms |\n|---|---:|---:|---:|")
-        medians = {}
-        for name, rows in results.items():
-            cpu = statistics.median(r[0] for r in rows)
-            medians[name] = cpu
-            print(f"| {name} | {cpu * 1e3:.3f} | {statistics.median(r[1] for r in rows):.0f} | "
-                  f"{statistics.median(r[2] for r in rows) * 1e3:.3f} |")
-        print()
+        medians = print_results(results)
         print(f"Converse / pass-through CPU: {medians['Bedrock Converse'] / medians['OpenAI pass-through']:.2f}x; "
               f"stream: {medians['Bedrock ConverseStream'] / medians['OpenAI pass-through stream']:.2f}x")
         extra = (medians["Bedrock ConverseStream"] - medians["Bedrock Converse"]) / (chunks + 4)
         print(f"Bedrock stream cost per event beyond a non-stream request: {extra * 1e6:.1f} µs")
     finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.terminate()
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    proc.wait(5)
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.wait()
+        stop_all(procs)
 
 
 def main() -> None:

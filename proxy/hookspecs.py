@@ -70,7 +70,7 @@ def authenticate(call: Call) -> Client | None:
 def route(call: Call) -> list[Target] | None:
     """Pick the upstream attempts for a model call, in fallback order.
 
-    Called by the core for chat, completions, embeddings and pass-through requests,
+    Called by the core for chat, completions, embeddings, responses and pass-through requests,
     sync or async, after `authenticate` (``call.client`` is set).
     First non-None result wins.
 

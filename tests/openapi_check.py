@@ -44,6 +44,9 @@ SCHEMAS = (
     "ListModelsResponse",
     "Model",
     "ErrorResponse",
+    "Response",
+    "ResponseItemList",
+    "ResponseStreamEvent",
 )
 
 
@@ -130,3 +133,91 @@ def validate_error(body: Any) -> dict[str, Any]:
     assert not missing, f"error body lacks {missing}: {body}"
     assert error["message"], body
     return error
+
+
+# ---------------------------------------------------------------- the Responses API
+
+
+@functools.lru_cache(maxsize=1)
+def event_schemas() -> dict[str, str]:
+    """Stream event `type` -> the spec's schema for it, from `ResponseStreamEvent`'s variants."""
+    schemas = spec()["components"]["schemas"]
+    out: dict[str, str] = {}
+    for ref in schemas["ResponseStreamEvent"]["anyOf"]:
+        name = ref["$ref"].rsplit("/", 1)[1]
+        for kind in schemas[name]["properties"]["type"].get("enum", ()):
+            out[kind] = name
+    return out
+
+
+def validate_response(body: Any) -> dict[str, Any]:
+    """A `Response` object: the spec's schema, every required key present (null where allowed)."""
+    validate("Response", body)
+    required = spec()["components"]["schemas"]["Response"]["allOf"][-1]["required"]
+    missing = [key for key in required if key not in body]
+    assert not missing, f"Response lacks required {missing}"
+    for item in body["output"]:
+        for part in item.get("content") or ():
+            if part.get("type") == "output_text":
+                assert part["logprobs"] == [] or isinstance(part["logprobs"], list), part
+    return body  # type: ignore[no-any-return]
+
+
+def validate_event(event: dict[str, Any]) -> dict[str, Any]:
+    """One stream event against the schema of its own type (and the union of them all)."""
+    name = event_schemas().get(event.get("type", ""))
+    assert name is not None, f"not an event type of the spec: {event.get('type')!r}"
+    validate(name, event)
+    if "response" in event:
+        validate_response(event["response"])
+    return event
+
+
+def parse_response_stream(body: bytes) -> list[dict[str, Any]]:
+    """The events of a Responses SSE body; each `event:` name must equal its data's `type`."""
+    import orjson
+
+    out = []
+    for block in body.replace(b"\r\n", b"\n").split(b"\n\n"):
+        if not block.strip():
+            continue
+        name = None
+        data = []
+        for line in block.split(b"\n"):
+            if line.startswith(b"event:"):
+                name = line[6:].strip().decode()
+            elif line.startswith(b"data:"):
+                data.append(line[5:].strip())
+        assert data, f"event without data: {block!r}"
+        payload = orjson.loads(b"\n".join(data))
+        assert name is None or name == payload.get("type"), (name, payload.get("type"))
+        out.append(payload)
+    return out
+
+
+TERMINAL = ("response.completed", "response.incomplete", "response.failed", "error")
+
+
+def validate_response_stream(events: list[dict[str, Any]], *, terminal: str | None = None) -> list[dict[str, Any]]:
+    """A whole Responses stream: every event valid, sequence numbers 0, 1, 2, ..., the spec's order."""
+    assert events, "empty stream"
+    for i, event in enumerate(events):
+        validate_event(event)
+        assert event["sequence_number"] == i, f"event {i} has sequence_number {event['sequence_number']}"
+    kinds = [e["type"] for e in events]
+    assert kinds[0] == "response.created", kinds
+    assert kinds[1] == "response.in_progress", kinds
+    assert kinds[-1] in TERMINAL, kinds
+    assert not any(k in TERMINAL for k in kinds[:-1]), kinds
+    if terminal is not None:
+        assert kinds[-1] == terminal, kinds
+    ids = {e["response"]["id"] for e in events if "response" in e}
+    assert len(ids) == 1, f"the response id changed within the stream: {ids}"
+    opened: dict[int, str] = {}
+    for event in events:
+        if event["type"] == "response.output_item.added":
+            assert event["output_index"] not in opened, event
+            opened[event["output_index"]] = event["item"]["id"]
+        elif "output_index" in event:
+            assert opened.get(event["output_index"]) == event.get("item_id", event.get("item", {}).get("id")), event
+    return events

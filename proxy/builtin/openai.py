@@ -10,6 +10,8 @@ from ..upstream.provider import RegisterProvider
 
 class OpenAIProvider(OpenAICompatibleProvider):
     default_base_url = "https://api.openai.com/v1"
+    #: OpenAI serves /v1/responses itself; `responses: translate` for servers that do not.
+    responses = "native"
 
     def __init__(self, name: str, options: Options) -> None:
         super().__init__(name, options)

@@ -31,12 +31,14 @@ from ..limits.config import (
     read_strategy,
     read_weight,
 )
-from ..types import Guardrail
+from ..types import RESPONSES, Guardrail
 from ..upstream.provider import Provider, ProviderRef, resolve_provider
 from .options import Locator, Options, format_path
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmg]i?b?|b)?\s*$", re.IGNORECASE)
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$", re.IGNORECASE)
+_DURATION_UNITS = {"ms": 0.001, "": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 _SIZE_UNITS = {"": 1, "b": 1, "k": 1000, "m": 1000**2, "g": 1000**3, "ki": 1024, "mi": 1024**2, "gi": 1024**3}
 
 
@@ -92,6 +94,15 @@ class StateSettings:
     on_error: str = "allow"  # allow | deny, when Redis cannot be reached
 
 
+@dataclass(slots=True, frozen=True)
+class ResponsesSettings:
+    """`responses:`: the gateway's store of Responses API objects (docs/responses.md)."""
+
+    ttl: float = 86400.0  # seconds a stored response lives
+    max_bytes: int = 4 * 1024 * 1024  # a larger response is answered but not stored
+    ownership_ttl: float = 30 * 86400.0  # seconds the owner of a natively stored id is remembered
+
+
 @dataclass(slots=True)
 class Config:
     path: str
@@ -100,6 +111,7 @@ class Config:
     providers: dict[str, Provider]
     routes: tuple[Route, ...]
     state: StateSettings = field(default_factory=StateSettings)
+    responses: ResponsesSettings = field(default_factory=ResponsesSettings)
     plugins_block: tuple[str, ...] = ()
     plugins_only: tuple[str, ...] | None = None
     keys_by_digest: dict[bytes, ClientKey] = field(default_factory=dict)
@@ -214,6 +226,30 @@ def parse_size(opts: Options, key: str, default: int) -> int:
         raise opts.error(key, f"expected a size like 16MiB or 1048576, got {raw!r}")
     unit = (m.group(2) or "").lower().rstrip("b")
     return int(float(m.group(1)) * _SIZE_UNITS[unit])
+
+
+def parse_duration(opts: Options, key: str, default: float) -> float:
+    """Seconds, from a number or a string like `90s`, `30m`, `24h`, `7d`."""
+    raw = opts.raw(key)
+    if raw is None:
+        return default
+    if isinstance(raw, (int, float)) and not isinstance(raw, bool) and raw > 0:
+        return float(raw)
+    m = _DURATION.match(str(raw)) if not isinstance(raw, bool) else None
+    if not m or float(m.group(1)) <= 0:
+        raise opts.error(key, f"expected a positive duration like 3600, 90s, 30m, 24h or 7d, got {raw!r}")
+    return float(m.group(1)) * _DURATION_UNITS[(m.group(2) or "").lower()]
+
+
+def _responses(opts: Options) -> ResponsesSettings:
+    d = ResponsesSettings()
+    settings = ResponsesSettings(
+        ttl=parse_duration(opts, "ttl", d.ttl),
+        max_bytes=parse_size(opts, "max_bytes", d.max_bytes),
+        ownership_ttl=parse_duration(opts, "ownership_ttl", d.ownership_ttl),
+    )
+    opts.check_unused()
+    return settings
 
 
 def _server(opts: Options) -> ServerSettings:
@@ -380,6 +416,9 @@ def _providers(
             except ConfigError as exc:
                 raise opts.error("type", exc.problems[0]) from exc
             provider = cls(str(name), opts)
+            passes = provider.supports_passthrough or RESPONSES in provider.endpoints
+            if provider.responses == "native" and not passes:
+                raise opts.error("responses", f"type {kind} cannot pass /v1/responses through; expected translate")
             opts.check_unused()
             providers[str(name)] = provider
         except ConfigError as exc:
@@ -387,7 +426,7 @@ def _providers(
     return providers
 
 
-_TOP_KEYS = ("server", "clients", "providers", "routes", "state", "plugins")
+_TOP_KEYS = ("server", "clients", "providers", "routes", "state", "responses", "plugins")
 
 
 @dataclass(slots=True, frozen=True)
@@ -434,6 +473,7 @@ def load_config(source: str | Path | Document, provider_types: Mapping[str, Prov
 
     server = section(_server, root.block("server")) or ServerSettings()
     state = section(_state, root.block("state")) or StateSettings()
+    responses = section(_responses, root.block("responses")) or ResponsesSettings()
     clients = section(_clients, root.block("clients"), problems) if data.get("clients") is not None else None
     policies: dict[str, ProviderPolicy] = {}
     providers = section(_providers, data.get("providers"), root, provider_types, problems, policies) or {}
@@ -448,6 +488,7 @@ def load_config(source: str | Path | Document, provider_types: Mapping[str, Prov
         providers=providers,
         routes=routes,
         state=state,
+        responses=responses,
         plugins_block=selection[0],
         plugins_only=selection[1],
         provider_policies=policies,

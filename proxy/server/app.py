@@ -18,6 +18,7 @@ from aiohttp import web
 
 from ..errors import ConfigError, MethodNotAllowed, UnknownURL
 from ..limits.config import unshared_limits
+from ..responses import add_routes as add_responses_routes
 from ..types import CHAT, COMPLETIONS, EMBEDDINGS
 from .journey import Forwarder
 from .replies import error_response, request_id_of
@@ -141,6 +142,7 @@ def create_app(
     for endpoint in (CHAT, COMPLETIONS, EMBEDDINGS):
         r.add_route("*", f"/openai/deployments/{{deployment}}/{endpoint}", fwd.model_call(endpoint))
     r.add_route("*", "/openai/models", fwd.list_models)
+    add_responses_routes(r, fwd)  # /v1/responses and its Azure-style forms
     r.add_route("*", "/v1/{tail:.*}", fwd.passthrough)
     r.add_route("*", "/{tail:.*}", not_found)
     return app

@@ -46,7 +46,7 @@ class _TargetFailed(Exception):
 
 async def attempt(runtime: Runtime, call: Call, send: Send = send_to_provider) -> tuple[Reply, bytes | None]:
     """Send `call` to the first target that answers; the reply and a stream's first chunk."""
-    candidates = [t for t in call.targets if call.endpoint in t.provider.endpoints]
+    candidates = [t for t in call.targets if t.provider.serves(call.endpoint)]
     if not candidates:
         raise InvalidRequest(
             f"The model '{call.model}' does not support /v1/{call.path}.",

@@ -39,7 +39,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("relaygate")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Work = Callable[[web.Request, Runtime, Call], Awaitable[web.StreamResponse]]
-__all__ = ["Forwarder", "Send", "send_to_provider"]
+__all__ = ["Forwarder", "Plan", "Send", "send_to_provider"]
+#: Prepares a model call after `rewrite_request` and picks how its attempts are sent
+#: (the Responses API translates per target).
+Plan = Callable[[Runtime, Call], Awaitable[Send]]
 
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
@@ -85,7 +88,7 @@ class Forwarder:
 
         return handle
 
-    def model_call(self, endpoint: str) -> Handler:
+    def model_call(self, endpoint: str, plan: Plan | None = None) -> Handler:
         async def work(request: web.Request, runtime: Runtime, call: Call) -> web.StreamResponse:
             call.raw_body = await read_body(request, runtime.config.server.max_body_size)
             body = parse_json(call.raw_body)
@@ -98,7 +101,8 @@ class Forwarder:
             await self._authorize(runtime, call)
             await self._route(runtime, call)
             await runtime.chain.rewrite_request(call)
-            reply, first = await self._attempt(runtime, call)
+            send = await plan(runtime, call) if plan is not None else send_to_provider
+            reply, first = await self._attempt(runtime, call, send)
             return await self._respond(request, call, reply, first)
 
         return self._handler(endpoint, work, "POST")

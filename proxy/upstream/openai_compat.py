@@ -22,7 +22,7 @@ from ..errors import (
     GatewayError,
     error_for_status,
 )
-from ..types import CHAT, COMPLETIONS, EMBEDDINGS, PASSTHROUGH, Call, ModelInfo, Reply, Target, Usage
+from ..types import CHAT, COMPLETIONS, EMBEDDINGS, PASSTHROUGH, RESPONSES, Call, ModelInfo, Reply, Target, Usage
 from . import lean
 from .provider import TRANSPORT_ERRORS, Provider
 from .sse import complete_events
@@ -35,6 +35,8 @@ FORWARDED_HEADERS = ("Content-Type", "Accept", "OpenAI-Beta", "Idempotency-Key")
 _FORWARDED = tuple((name.lower(), name) for name in FORWARDED_HEADERS)
 _USAGE_MARKERS = (b'"usage":{', b'"usage": {')
 _DONE_TAILS = (b"data: [DONE]\n\n", b"data: [DONE]\r\n\r\n")
+#: The events that end a Responses API stream (it has no [DONE]).
+_RESPONSES_ENDS = (b'"response.completed"', b'"response.incomplete"', b'"response.failed"', b"event: error")
 _MODELS_TTL = 300.0
 
 StreamFilter = Callable[[bytes], bytes]
@@ -289,12 +291,13 @@ class OpenAICompatibleProvider(Provider):
         does not hold the client's response open (its connection is then not reused).
         """
         want_usage = call.include_usage
+        scan = call.endpoint != RESPONSES  # the Responses API's usage is read by proxy.responses; no [DONE]
         transform = self.stream_filter(call, target)
         ok = False
         try:
             async for block in complete_events(resp.iter_chunks()):
-                done = block.endswith(_DONE_TAILS)
-                if _USAGE_MARKERS[0] in block or _USAGE_MARKERS[1] in block:
+                done = block.endswith(_DONE_TAILS) if scan else any(end in block for end in _RESPONSES_ENDS)
+                if scan and (_USAGE_MARKERS[0] in block or _USAGE_MARKERS[1] in block):
                     block = self._take_usage(call, block, want_usage)
                 if transform is not None:
                     block = transform(block)

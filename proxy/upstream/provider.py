@@ -23,7 +23,7 @@ from ..errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
-from ..types import CHAT, COMPLETIONS, EMBEDDINGS, Call, ModelInfo, Reply, Target
+from ..types import CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES, Call, ModelInfo, Reply, Target
 from . import lean
 
 #: What a failed upstream exchange raises, from either client.
@@ -74,6 +74,10 @@ class Provider:
     uses_session: bool = False
     #: Whether `start` opens `self.http`, the lean keep-alive client of the hot path.
     uses_http: bool = False
+    #: How `/v1/responses` reaches it: "native" sends the Responses request upstream as it
+    #: is; "translate" has the core translate it onto this provider's chat path. YAML's
+    #: `responses:` overrides it per provider (docs/responses.md).
+    responses: str = "translate"
     _session: aiohttp.ClientSession | None = None
     _http: lean.HTTPClient | None = None
 
@@ -84,6 +88,13 @@ class Provider:
         self.connect_timeout: float = options.number("connect_timeout", 10.0)
         self.read_timeout: float = options.number("read_timeout", 600.0)
         self.max_connections: int = options.int("max_connections", 256, minimum=1)
+        self.responses = options.str("responses", self.responses, choices=("native", "translate"))
+
+    def serves(self, endpoint: str) -> bool:
+        """Whether a call to `endpoint` may be sent here; the attempt loop skips targets that cannot."""
+        if endpoint == RESPONSES:
+            return self.responses == "native" or CHAT in self.endpoints
+        return endpoint in self.endpoints
 
     def target_options(self, opts: Options) -> dict[str, object]:
         """Read this provider's extra keys on a route target (e.g. Vertex `endpoint_id`).

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import email.parser
 import email.policy
 import hashlib
@@ -69,6 +70,7 @@ class Behaviour:
     body: bytes | None = None  # a raw body instead of the normal one (sent as text/html if status >= 400)
     gate: threading.Event | None = None  # hold the answer until the test sets it
     cached_tokens: int | None = None  # report usage.prompt_tokens_details.cached_tokens
+    linger: float = 0.0  # seconds to hold a Responses stream open after its last event
 
 
 _ERROR_DEFAULTS: dict[int, tuple[str, str | None, str]] = {
@@ -142,6 +144,8 @@ class FakeOpenAI:
         self.disconnected = threading.Event()
         #: Streams that ran to their end.
         self.completed: list[str] = []
+        #: Responses stored by POST /v1/responses (store defaults to true): id -> (response, input items).
+        self.responses: dict[str, tuple[dict[str, Any], list[dict[str, Any]]]] = {}
 
     # -------------------------------------------------------------- control
 
@@ -178,6 +182,10 @@ class FakeOpenAI:
         r.add_post("/v1/moderations", self._moderations)
         r.add_post("/v1/audio/speech", self._speech)
         r.add_post("/v1/audio/transcriptions", self._transcriptions)
+        r.add_post("/v1/responses", self._responses_create)
+        r.add_get("/v1/responses/{rid}", self._responses_get)
+        r.add_delete("/v1/responses/{rid}", self._responses_get)
+        r.add_get("/v1/responses/{rid}/input_items", self._responses_items)
         r.add_get("/v1/files", self._files)
         r.add_get("/v1/files/{file_id}", self._file)
         r.add_delete("/v1/files/{file_id}", self._file)
@@ -270,6 +278,11 @@ class FakeOpenAI:
         last = messages[-1] if isinstance(messages[-1], dict) else {}
         answer = self._answer(messages)
         tool = self._tool_wanted(body, last)
+        limit = body.get("max_completion_tokens") or body.get("max_tokens")
+        truncated = isinstance(limit, int) and tool is None and count_tokens(answer) > limit
+        if truncated:  # the model ran out of tokens: the answer stops at the limit
+            answer = " ".join(answer.split(" ")[:limit])
+        finish = "tool_calls" if tool else "length" if truncated else "stop"
         prompt_tokens = sum(count_tokens(_text(m.get("content"))) for m in messages if isinstance(m, dict))
         completion_tokens = count_tokens(answer) if tool is None else 5
         usage: dict[str, Any] = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
@@ -284,7 +297,7 @@ class FakeOpenAI:
             tool_call = {"id": "call_" + cid[-10:], "type": "function",
                          "function": {"name": tool, "arguments": arguments}}
         if body.get("stream") is True:
-            return await self._chat_stream(request, body, behaviour, cid, created, answer, tool_call, usage)
+            return await self._chat_stream(request, body, behaviour, cid, created, answer, tool_call, usage, finish)
         if behaviour.body is not None:
             return web.Response(body=behaviour.body, content_type="application/json")
         message: dict[str, Any] = {"role": "assistant", "content": None if tool_call else answer,
@@ -293,8 +306,7 @@ class FakeOpenAI:
             message["tool_calls"] = [tool_call]
         out = {
             "id": cid, "object": "chat.completion", "created": created, "model": model,
-            "choices": [{"index": 0, "message": message, "logprobs": None,
-                         "finish_reason": "tool_calls" if tool_call else "stop"}],
+            "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": finish}],
             "usage": usage, "service_tier": "default", "system_fingerprint": "fp_fake",
         }
         return web.json_response(out, dumps=lambda o: orjson.dumps(o).decode())
@@ -325,7 +337,7 @@ class FakeOpenAI:
 
     async def _chat_stream(self, request: web.Request, body: dict[str, Any], b: Behaviour, cid: str,
                            created: int, answer: str, tool_call: dict[str, Any] | None,
-                           usage: dict[str, int]) -> web.StreamResponse:
+                           usage: dict[str, int], finish: str = "stop") -> web.StreamResponse:
         include_usage = (body.get("stream_options") or {}).get("include_usage") is True
         model = body["model"]
 
@@ -351,7 +363,7 @@ class FakeOpenAI:
             words = answer.split(" ") + ["and"] * (b.words or 0)
             for i, word in enumerate(words):
                 events.append(chunk({"content": word if i == 0 else " " + word}))
-            events.append(chunk({}, "stop"))
+            events.append(chunk({}, finish))
         if include_usage:
             events.append({"id": cid, "object": "chat.completion.chunk", "created": created, "model": model,
                            "system_fingerprint": "fp_fake", "choices": [], "usage": usage})
@@ -512,6 +524,124 @@ class FakeOpenAI:
             return web.json_response({"id": file_id, "object": "file", "deleted": True})
         return web.json_response({"id": file_id, "object": "file", "bytes": 3, "created_at": 1700000000,
                                   "filename": "a.jsonl", "purpose": "batch", "status": "processed"})
+
+
+    # -------------------------------------------------------------- the Responses API
+
+    async def _responses_create(self, request: web.Request) -> web.StreamResponse:
+        body = await self._json_body(request)
+        behaviour, failed = await self._misbehave(body)
+        if failed is not None:
+            return failed
+        raw = body.get("input")
+        items = [{"type": "message", "role": "user", "content": [{"type": "input_text", "text": raw}]}] \
+            if isinstance(raw, str) else list(raw or [])
+        previous = body.get("previous_response_id")
+        if previous is not None and previous not in self.responses:
+            return self._error(404, f"Previous response with id '{previous}' not found.",
+                               param="previous_response_id", code="previous_response_not_found")
+        last = next((i for i in reversed(items) if i.get("role") == "user" or i.get("type") == "function_call_output"),
+                    {})
+        if last.get("type") == "function_call_output":
+            text = f"The tool said: {last.get('output')}"
+        else:
+            content = last.get("content")
+            text = "Echo: " + (content if isinstance(content, str) else
+                               " ".join(p.get("text", "") for p in content or () if isinstance(p, dict)))
+        rid = "resp_fake" + hashlib.sha256(orjson.dumps(body)).hexdigest()[:40] + str(len(self.responses))
+        tools = body.get("tools") or []
+        wants_tool = tools and (body.get("tool_choice") == "required" or "use the tool" in text.lower()) \
+            and last.get("type") != "function_call_output"
+        if wants_tool:
+            item: dict[str, Any] = {"type": "function_call", "id": "fc_" + rid[5:], "call_id": "call_" + rid[-8:],
+                                    "name": tools[0]["name"], "arguments": '{"x":1}', "status": "completed"}
+        else:
+            item = {"type": "message", "id": "msg_" + rid[5:], "status": "completed", "role": "assistant",
+                    "content": [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}]}
+        usage = {"input_tokens": 12, "input_tokens_details": {"cached_tokens": 2, "cache_write_tokens": 0},
+                 "output_tokens": 5, "output_tokens_details": {"reasoning_tokens": 1}, "total_tokens": 17}
+        response = {
+            "id": rid, "object": "response", "created_at": int(time.time()), "status": "completed",
+            "completed_at": int(time.time()), "error": None, "incomplete_details": None,
+            "instructions": body.get("instructions"), "max_output_tokens": body.get("max_output_tokens"),
+            "model": body["model"], "output": [item], "parallel_tool_calls": True,
+            "previous_response_id": previous, "reasoning": {"effort": None, "summary": None},
+            "store": body.get("store", True), "temperature": 1.0, "text": {"format": {"type": "text"}},
+            "tool_choice": body.get("tool_choice", "auto"), "tools": tools, "top_p": 1.0,
+            "truncation": "disabled", "usage": usage, "metadata": body.get("metadata") or {},
+        }
+        if body.get("store", True):
+            self.responses[rid] = (response, items)
+        if body.get("stream") is not True:
+            return web.json_response(response, dumps=lambda o: orjson.dumps(o).decode())
+        seq = 0
+
+        def ev(kind: str, **fields: Any) -> bytes:
+            nonlocal seq
+            payload = {"type": kind, "sequence_number": seq, **fields}
+            seq += 1
+            return b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(payload) + b"\n\n"
+
+        start = {**response, "status": "in_progress", "output": [], "completed_at": None}
+        start.pop("usage")
+        events = [ev("response.created", response=start), ev("response.in_progress", response=start)]
+        if item["type"] == "message":
+            opened = {**item, "status": "in_progress", "content": []}
+            events.append(ev("response.output_item.added", output_index=0, item=opened))
+            part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
+            events.append(ev("response.content_part.added", item_id=item["id"], output_index=0, content_index=0,
+                             part=part))
+            for i, word in enumerate(text.split(" ")):
+                events.append(ev("response.output_text.delta", item_id=item["id"], output_index=0, content_index=0,
+                                 delta=word if i == 0 else " " + word, logprobs=[]))
+            events.append(ev("response.output_text.done", item_id=item["id"], output_index=0, content_index=0,
+                             text=text, logprobs=[]))
+            events.append(ev("response.content_part.done", item_id=item["id"], output_index=0, content_index=0,
+                             part={**part, "text": text}))
+        else:
+            events.append(ev("response.output_item.added", output_index=0, item={**item, "arguments": ""}))
+            events.append(ev("response.function_call_arguments.delta", item_id=item["id"], output_index=0,
+                             delta=item["arguments"]))
+            events.append(ev("response.function_call_arguments.done", item_id=item["id"], output_index=0,
+                             name=item["name"], arguments=item["arguments"]))
+        events.append(ev("response.output_item.done", output_index=0, item=item))
+        events.append(ev("response.completed", response=response))
+        return await self._stream_events(request, body["model"], events, behaviour)
+
+    async def _stream_events(self, request: web.Request, model: str, events: list[bytes], b: Behaviour
+                             ) -> web.StreamResponse:
+        """The Responses API's stream: no [DONE]; the terminal event ends it."""
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8"})
+        await resp.prepare(request)
+        for i, ev in enumerate(events):
+            if b.fail_after_chunks is not None and i >= b.fail_after_chunks:
+                assert request.transport is not None
+                request.transport.abort()
+                return resp
+            await resp.write(ev)
+        if b.linger:
+            with contextlib.suppress(asyncio.CancelledError, ConnectionResetError):
+                await asyncio.sleep(b.linger)
+        await resp.write_eof()
+        self.completed.append(model)
+        return resp
+
+    async def _responses_get(self, request: web.Request) -> web.Response:
+        rid = request.match_info["rid"]
+        if rid not in self.responses:
+            return self._error(404, f"Response with id '{rid}' not found.", code=None)
+        if request.method == "DELETE":
+            del self.responses[rid]
+            return web.json_response({"id": rid, "object": "response.deleted", "deleted": True})
+        return web.json_response(self.responses[rid][0])
+
+    async def _responses_items(self, request: web.Request) -> web.Response:
+        rid = request.match_info["rid"]
+        if rid not in self.responses:
+            return self._error(404, f"Response with id '{rid}' not found.", code=None)
+        items = [{"id": f"msg_in{i}", "status": "completed", **item} for i, item in enumerate(self.responses[rid][1])]
+        return web.json_response({"object": "list", "data": items, "first_id": items[0]["id"] if items else "",
+                                  "last_id": items[-1]["id"] if items else "", "has_more": False})
 
 
 def request_key(body: dict[str, Any]) -> bytes:

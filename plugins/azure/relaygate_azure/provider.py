@@ -69,6 +69,8 @@ class AzureProvider(OpenAICompatibleProvider):
             # Instance overrides of the class defaults (the core reads them per instance).
             self.endpoints = frozenset({CHAT, COMPLETIONS, EMBEDDINGS, PASSTHROUGH})
             self.supports_passthrough = True
+            if options.raw("responses") is None:  # Azure's v1 API serves /openai/v1/responses
+                self.responses = "native"
 
     # -------------------------------------------------------------- extension points
 

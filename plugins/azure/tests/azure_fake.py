@@ -43,6 +43,7 @@ class AzureState:
     accept_token: Callable[[str], bool] | None = None  # or a check of its own
     requests: list[dict[str, Any]] = field(default_factory=list)
     answer: str = "Hello from Azure"
+    responses: dict[str, dict[str, Any]] = field(default_factory=dict)  # v1 Responses API, by id
 
     def seen(self) -> dict[str, Any]:
         return self.requests[-1]
@@ -184,6 +185,39 @@ def make_app(state: AzureState) -> web.Application:
         return web.json_response({"object": "list", "data": [], "has_more": False})
 
     app.router.add_get("/openai/v1/files", files)
+
+    async def responses(request: web.Request) -> web.Response:
+        """Azure's v1 Responses API (non-streaming is enough for pass-through tests)."""
+        raw = await request.read()
+        body = orjson.loads(raw) if raw else {}
+        state.requests.append({"path": request.path, "query": dict(request.query), "headers": dict(request.headers),
+                               "body": body, "raw": raw})
+        denied = check_auth(request)
+        if denied is not None:
+            return denied
+        if request.method == "GET":
+            rid = request.match_info.get("rid", "")
+            stored = state.responses.get(rid)
+            if stored is None:
+                return _error(404, {"error": {"code": "404", "message": f"Response with id '{rid}' not found."}})
+            return web.json_response(stored)
+        if body.get("model") not in state.deployments:
+            return _error(404, {"error": {"code": "DeploymentNotFound", "message": "No such deployment."}})
+        rid = f"resp_azure{len(state.responses):04d}"
+        out = {"id": rid, "object": "response", "created_at": int(time.time()), "status": "completed",
+               "error": None, "incomplete_details": None, "instructions": None, "model": body["model"],
+               "output": [{"id": "msg_azure", "type": "message", "status": "completed", "role": "assistant",
+                           "content": [{"type": "output_text", "text": state.answer, "annotations": [],
+                                        "logprobs": []}]}],
+               "parallel_tool_calls": True, "temperature": 1.0, "tool_choice": "auto", "tools": [], "top_p": 1.0,
+               "metadata": {}, "usage": {"input_tokens": 8, "output_tokens": 3, "total_tokens": 11,
+                                         "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+                                         "output_tokens_details": {"reasoning_tokens": 0}}}  # fmt: skip
+        state.responses[rid] = out
+        return web.json_response(out)
+
+    app.router.add_post("/openai/v1/responses", responses)
+    app.router.add_get("/openai/v1/responses/{rid}", responses)
     return app
 
 

@@ -15,6 +15,7 @@ API_KEY_ENV = "AWS_BEARER_TOKEN_BEDROCK"
 
 class BedrockOpenAIProvider(OpenAICompatibleProvider):
     supports_guardrails = True
+    responses = "native"  # Bedrock's OpenAI endpoint serves /v1/responses
 
     def __init__(self, name: str, options: Options) -> None:
         super().__init__(name, options)

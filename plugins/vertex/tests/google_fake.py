@@ -174,9 +174,19 @@ def _last_user_text(body: dict[str, Any]) -> str:
     return ""
 
 
+def _tool_result(body: dict[str, Any]) -> str | None:
+    """The tool output the conversation ends with, if it does."""
+    messages = body.get("messages") or []
+    last = messages[-1] if messages else {}
+    return str(last.get("content")) if last.get("role") == "tool" else None
+
+
 def _tool_call(body: dict[str, Any]) -> dict[str, Any] | None:
     tools = body.get("tools")
-    if not tools or body.get("tool_choice") in (None, "none", "auto"):
+    if not tools or _tool_result(body) is not None:
+        return None
+    asked = "use the tool" in _last_user_text(body).lower() and body.get("tool_choice") != "none"
+    if body.get("tool_choice") in (None, "none", "auto") and not asked:
         return None
     name = tools[0]["function"]["name"]
     return {"id": "call_gemini_1", "type": "function", "function": {"name": name, "arguments": '{"city":"Rome"}'}}
@@ -188,7 +198,9 @@ def _usage() -> dict[str, int]:
 
 def _completion(body: dict[str, Any]) -> dict[str, Any]:
     call = _tool_call(body)
-    message: dict[str, Any] = {"role": "assistant", "content": None if call else "Hello from Gemini"}
+    result = _tool_result(body)
+    text = f"Gemini heard: {result}" if result is not None else "Hello from Gemini"
+    message: dict[str, Any] = {"role": "assistant", "content": None if call else text}
     if call:
         message["tool_calls"] = [call]
     return {
@@ -225,8 +237,10 @@ async def _stream(request: web.Request, body: dict[str, Any]) -> web.StreamRespo
         await resp.write(chunk({"role": "assistant", "tool_calls": [{"index": 0, **call}]}))
         await resp.write(chunk({}, "tool_calls"))
     else:
-        await resp.write(chunk({"role": "assistant", "content": "Hello"}))
-        await resp.write(chunk({"content": " from Gemini"}))
+        result = _tool_result(body)
+        first, rest = ("Gemini heard:", f" {result}") if result is not None else ("Hello", " from Gemini")
+        await resp.write(chunk({"role": "assistant", "content": first}))
+        await resp.write(chunk({"content": rest}))
         await resp.write(chunk({}, "stop"))
     if (body.get("stream_options") or {}).get("include_usage"):
         payload = {
