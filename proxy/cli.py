@@ -79,9 +79,8 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 def _run_worker(
     path: str, host: str, port: int, reuse_port: bool, runtime: Runtime | None, workers: int = 1
 ) -> None:
-    from aiohttp import web
-
     from .server.app import create_app
+    from .server.listener import serve
 
     try:
         import uvloop
@@ -90,14 +89,12 @@ def _run_worker(
     if uvloop is not None:
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     app = create_app(path, runtime=runtime, handle_sighup=True, workers=workers)
-    web.run_app(
+    serve(
         app,
         host=host,
         port=port,
-        reuse_port=reuse_port or None,
-        handler_cancellation=True,
-        access_log=None,
-        print=lambda _msg: log.info("relaygate serving on http://%s:%s (pid %s)", host, port, os.getpid()),
+        reuse_port=reuse_port,
+        on_ready=lambda: log.info("relaygate serving on http://%s:%s (pid %s)", host, port, os.getpid()),
     )
 
 

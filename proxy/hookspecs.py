@@ -56,7 +56,9 @@ def authenticate(call: Call) -> Client | None:
     """Decide who is calling.
 
     Called by the core for every request (models listing included), sync or async,
-    after the body is parsed and before routing.
+    from the headers alone: before the body is read (``call.body`` is None), so a
+    keyless client is refused before it can hold the connection with a slow body.
+    The core checks the key's model allow-list once the body names the model.
     First non-None result wins.
 
     :param call: the request; read ``call.headers``, ``call.config``.

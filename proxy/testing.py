@@ -24,6 +24,7 @@ import orjson
 from aiohttp import web
 
 from .server.app import STATE, create_app
+from .server.listener import GatewayRunner
 from .server.runtime import Runtime
 from .upstream.provider import Provider
 
@@ -54,9 +55,12 @@ class FakeServer:
         factory = self._app_factory
         return factory if isinstance(factory, web.Application) else factory()
 
+    def make_runner(self, app: web.Application) -> web.AppRunner:
+        return web.AppRunner(app, handler_cancellation=True, access_log=None)
+
     async def _start(self) -> None:
         self.app = self.make_app()
-        self._runner = web.AppRunner(self.app, handler_cancellation=True, access_log=None)
+        self._runner = self.make_runner(self.app)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, 0)
         await site.start()
@@ -129,6 +133,10 @@ class Gateway(FakeServer):
 
     def _build(self) -> web.Application:
         return create_app(self.config_path, extra_plugins=self.extra_plugins)
+
+    def make_runner(self, app: web.Application) -> web.AppRunner:
+        """The listener `relaygate serve` runs, with the config's `server.*` limits."""
+        return GatewayRunner(app, handler_cancellation=True, access_log=None)
 
     @property
     def base_url(self) -> str:

@@ -29,6 +29,7 @@ EMBEDDINGS = "embeddings"
 RESPONSES = "responses"
 MODELS = "models"
 PASSTHROUGH = "passthrough"
+UNMATCHED = "unmatched"  # a path no route serves (404); `Call.path` is then the whole request path
 MODEL_ENDPOINTS = frozenset({CHAT, COMPLETIONS, EMBEDDINGS})
 
 
@@ -49,7 +50,7 @@ class Guardrail:
 
     id: str
     version: str
-    trace: str | None = None  # "enabled" | "disabled" | "enabled_full"
+    trace: str | None = None  # "enabled" | "disabled" | "enabled_full" (the YAML may use any case)
     tag_suffix: str | None = None
     stream_processing_mode: str | None = None  # "sync" | "async" (Converse streams)
 
@@ -134,9 +135,9 @@ class Call:
     """One client request on its way through the chain."""
 
     request_id: str
-    endpoint: str  # CHAT, COMPLETIONS, EMBEDDINGS, MODELS or PASSTHROUGH
+    endpoint: str  # CHAT, COMPLETIONS, EMBEDDINGS, MODELS, PASSTHROUGH or UNMATCHED
     method: str
-    path: str  # the path after /v1/, e.g. "chat/completions" or "audio/speech"
+    path: str  # the path after /v1/, e.g. "chat/completions" or "audio/speech" (UNMATCHED: "/whole/path")
     query_string: str
     headers: CIMultiDictProxy[str]
     config: Config

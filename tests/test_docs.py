@@ -44,3 +44,19 @@ def test_every_hook_has_a_docstring() -> None:
 
 def test_readme_points_plugin_authors_at_the_guide() -> None:
     assert "docs/plugins.md" in (ROOT / "README.md").read_text()
+
+
+def test_every_server_key_is_documented() -> None:
+    from dataclasses import fields
+
+    from proxy.config.load import ServerSettings
+
+    text = (ROOT / "docs" / "config.md").read_text()
+    section = text.split("## `server`", 1)[1].split("\n## ", 1)[0]
+    missing = [f.name for f in fields(ServerSettings) if f"`{f.name}`" not in section]
+    assert not missing, f"server keys missing from docs/config.md: {missing}"
+    readme = (ROOT / "README.md").read_text()
+    assert "## Security" in readme
+    limits = readme.split("## Security", 1)[1].split("\n## ", 1)[0]
+    for name in ("max_connections", "header_timeout", "max_header_size", "body_timeout", "max_body_size"):
+        assert f"`server.{name}`" in limits, name

@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from urllib.parse import parse_qsl
 
+import openai
 import orjson
 import pytest
-from core_helpers import LIMITED_KEY, access_records, config_yaml, raw, sse_data
+from core_helpers import CLIENT_KEY, LIMITED_KEY, access_records, config_yaml, raw, sse_data
 from fakes.openai_upstream import AUDIO_BYTES, FakeOpenAI
 from openapi_check import validate
 
@@ -132,12 +133,18 @@ def test_model_restricted_key_may_not_use_model_less_routes(gw: Gateway, upstrea
     assert raw("GET", f"{gw.base_url}/files").status == 200
 
 
-def test_passthrough_without_passthrough_provider_is_404(upstream: FakeOpenAI,
-                                                         make_gateway: Callable[..., Gateway]) -> None:
+def test_passthrough_to_a_provider_that_cannot_serve_it_is_400_unsupported_endpoint(
+        upstream: FakeOpenAI, make_gateway: Callable[..., Gateway]) -> None:
+    """Clients read a 404 as "no such model" (pydantic-ai, LangChain): the endpoint is what is unsupported."""
     gw = make_gateway(config_yaml(upstream.url, routes="  - {model: \"*\", to: demo}\n"))
     resp = raw("POST", f"{gw.base_url}/moderations", b'{"input": "x"}')
-    assert resp.status == 404
-    assert resp.json["error"]["code"] == "unknown_url"
+    assert resp.status == 400
+    assert resp.json["error"]["code"] == "unsupported_endpoint"
+    validate("ErrorResponse", resp.json)
+    with openai.OpenAI(base_url=gw.base_url, api_key=CLIENT_KEY, max_retries=0) as client:
+        with pytest.raises(openai.BadRequestError) as info:
+            client.audio.speech.create(model="tts-1", voice="alloy", input="hello")
+        assert info.value.code == "unsupported_endpoint"
     assert upstream.requests == []
 
 

@@ -31,7 +31,7 @@ def log_request(call: Call) -> None:
         "request_id": call.request_id,
         "client": call.client.name if call.client else None,
         "method": call.method,
-        "route": "/v1/" + call.path,
+        "route": call.path if call.path[:1] == "/" else "/v1/" + call.path,
         "model": call.model,
         "provider": target.provider_name if target else None,
         "upstream_model": target.model if target else None,

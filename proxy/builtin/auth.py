@@ -37,7 +37,8 @@ def authenticate(call: Call) -> Client:
             "Missing API key: send it as 'Authorization: Bearer <key>' or 'api-key: <key>'.",
             code="missing_api_key",
         )
-    digest = hashlib.sha256(key.encode()).digest()
+    # Header values hold the bytes as sent (non-UTF-8 ones as surrogates): hash those bytes.
+    digest = hashlib.sha256(key.encode("utf-8", "surrogateescape")).digest()
     entry = config.keys_by_digest.get(digest)
     if entry is None or not secrets.compare_digest(entry.digest, digest):
         raise AuthenticationFailed("Incorrect API key provided.")

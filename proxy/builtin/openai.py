@@ -7,6 +7,8 @@ from ..hookspecs import hookimpl
 from ..upstream.openai_compat import OpenAICompatibleProvider
 from ..upstream.provider import RegisterProvider
 
+_OPENAI_ORIGINS = ("https://api.openai.com", "https://eu.api.openai.com", "https://us.api.openai.com")
+
 
 class OpenAIProvider(OpenAICompatibleProvider):
     default_base_url = "https://api.openai.com/v1"
@@ -15,6 +17,9 @@ class OpenAIProvider(OpenAICompatibleProvider):
 
     def __init__(self, name: str, options: Options) -> None:
         super().__init__(name, options)
+        if self.base_url.lower() in _OPENAI_ORIGINS:
+            # OpenAI documents its base URL with /v1; its bare origin serves no API.
+            self.base_url += "/v1"
         organization = options.str("organization", None)
         project = options.str("project", None)
         if organization:

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -78,12 +79,31 @@ class Route:
         return model if spec.model is None else spec.model.replace("{model}", model)
 
 
+@dataclass(slots=True, frozen=True)
+class CorsSettings:
+    """`server.cors`: which browser origins may call the gateway (off when absent)."""
+
+    origins: tuple[str, ...]  # exact origins, or "*" for any
+    max_age: int = 600
+    allow_credentials: bool = False
+
+    def allows(self, origin: str) -> bool:
+        return "*" in self.origins or origin in self.origins
+
+
 @dataclass(slots=True)
 class ServerSettings:
     host: str = "127.0.0.1"
     port: int = 8080
     max_body_size: int = 16 * 1024 * 1024
     log_level: str = "INFO"
+    # Listener protection (README "Security"): read once at start-up.
+    max_connections: int = 4096
+    max_header_size: int = 64 * 1024  # all request-line and header bytes of one request
+    header_timeout: float = 10.0  # seconds to receive a request's headers
+    keepalive_timeout: float = 75.0  # seconds an idle keep-alive connection is kept
+    body_timeout: float = 60.0  # seconds to receive a request's body, once its headers are in
+    cors: CorsSettings | None = None
 
 
 @dataclass(slots=True, frozen=True)
@@ -258,8 +278,34 @@ def _server(opts: Options) -> ServerSettings:
     s.port = opts.int("port", s.port)
     s.max_body_size = parse_size(opts, "max_body_size", s.max_body_size)
     s.log_level = opts.str("log_level", s.log_level, choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    s.max_connections = opts.int("max_connections", s.max_connections, minimum=1)
+    s.max_header_size = parse_size(opts, "max_header_size", s.max_header_size)
+    if s.max_header_size < 1024:
+        raise opts.error("max_header_size", f"expected at least 1KiB, got {s.max_header_size} bytes")
+    s.header_timeout = opts.number("header_timeout", s.header_timeout, minimum=0.01)
+    s.keepalive_timeout = opts.number("keepalive_timeout", s.keepalive_timeout, minimum=0.01)
+    s.body_timeout = opts.number("body_timeout", s.body_timeout, minimum=0.01)
+    if "cors" in opts:
+        s.cors = _cors(opts.block("cors"))
     opts.check_unused()
     return s
+
+
+def _cors(opts: Options) -> CorsSettings:
+    origins = opts.str_list("origins")
+    if not origins:
+        raise opts.error("origins", 'expected at least one origin (https://app.example.com), or "*"')
+    for origin in origins:
+        parts = urlsplit(origin.rstrip("/"))
+        bad = parts.scheme not in ("http", "https") or not parts.netloc or parts.path or parts.query
+        if origin != "*" and bad:
+            raise opts.error("origins", f'expected origins like https://app.example.com or "*", got {origin!r}')
+    credentials = opts.bool("allow_credentials", False)
+    if credentials and "*" in origins:
+        raise opts.error("allow_credentials", 'not with origins "*": name the origins that may send credentials')
+    cors = CorsSettings(tuple(o.rstrip("/") for o in origins), opts.int("max_age", 600), credentials)
+    opts.check_unused()
+    return cors
 
 
 _REDIS_SCHEMES = ("redis", "rediss", "unix")
@@ -315,10 +361,21 @@ def _clients(opts: Options, problems: list[str]) -> tuple[ClientKey, ...]:
     return tuple(keys)
 
 
+def _guardrail_version(opts: Options) -> str:
+    """A number or DRAFT (AWS's spelling, whatever case the YAML uses; default DRAFT)."""
+    raw = opts.raw("version")
+    version = str(raw).strip() if raw is not None else "DRAFT"
+    if version.upper() == "DRAFT":
+        return "DRAFT"
+    if not re.fullmatch(r"[1-9][0-9]{0,7}", version):
+        raise opts.error("version", f"expected a version number or DRAFT, got {raw!r}")
+    return version
+
+
 def _guardrail(opts: Options) -> Guardrail:
     g = Guardrail(
         id=opts.str("id"),
-        version=str(opts.raw("version") or "") or "DRAFT",
+        version=_guardrail_version(opts),
         trace=opts.str("trace", None, choices=("enabled", "disabled", "enabled_full")),
         tag_suffix=opts.str("tag_suffix", None),
         stream_processing_mode=opts.str("stream_processing_mode", None, choices=("sync", "async")),

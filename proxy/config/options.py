@@ -108,7 +108,12 @@ class Options:
     ) -> Any:
         value = self._get(key, default, (str,), "a string")
         if choices is not None and value is not None and value not in choices:
-            raise self.error(key, f"expected one of {', '.join(choices)}, got {value!r}")
+            # Vendors write their enumerations in their own case (AWS: ENABLED, Converse:
+            # enabled): any case is accepted, and the value is the choice as spelt here.
+            canonical = next((c for c in choices if c.lower() == value.strip().lower()), None)
+            if canonical is None:
+                raise self.error(key, f"expected one of {', '.join(choices)} (any case), got {value!r}")
+            value = canonical
         return value
 
     def secret(self, key: builtins.str, *, env: builtins.str | None = None) -> builtins.str | None:

@@ -56,7 +56,7 @@ async def _forward(request: web.Request, runtime: Runtime, call: Call, record: R
     provider = runtime.config.providers.get(record.provider or "")
     if provider is None:
         raise NotFound(f"Response with id '{path.split('/')[1]}' not found.", param="response_id")
-    up = derived(call, PASSTHROUGH, None, method=request.method, path=path, query=request.query_string)
+    up = derived(call, PASSTHROUGH, None, method=request.method, path=path, query=request.rel_url.raw_query_string)
     target = Target(provider=provider, model="")
     call.target = target
     return await provider.send(up, target)

@@ -16,10 +16,11 @@ from pathlib import Path
 
 from aiohttp import web
 
-from ..errors import ConfigError, MethodNotAllowed, UnknownURL
+from ..errors import ConfigError, MethodNotAllowed
 from ..limits.config import unshared_limits
 from ..responses import add_routes as add_responses_routes
 from ..types import CHAT, COMPLETIONS, EMBEDDINGS
+from . import cors
 from .journey import Forwarder
 from .replies import error_response, request_id_of
 from .runtime import Runtime, load_runtime
@@ -41,6 +42,8 @@ class GatewayState:
         self.runtime: Runtime | None = None
         self._reload_lock = asyncio.Lock()
         self._retiring: set[asyncio.Task[None]] = set()
+        #: Whether answers get CORS headers (decided at start-up, when the app's hooks freeze).
+        self.cors_hooked = False
 
     @property
     def current(self) -> Runtime:
@@ -73,6 +76,8 @@ class GatewayState:
                 return False
             old, self.runtime = self.runtime, runtime
             log.info("reloaded %s", self.config_path)
+            if runtime.config.server.cors is not None and not self.cors_hooked:
+                log.warning("server.cors was off at start-up: restart the gateway to turn it on")
             if old is not None:
                 runtime.took_over(old)
                 task = asyncio.create_task(old.retire())
@@ -101,10 +106,6 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"}, headers={"x-request-id": request_id_of(request)})
 
 
-async def not_found(request: web.Request) -> web.Response:
-    return error_response(UnknownURL(request.method, request.path), request_id_of(request))
-
-
 def create_app(
     config_path: str | Path,
     *,
@@ -121,6 +122,9 @@ def create_app(
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         await gateway.start(runtime)
+        if gateway.current.config.server.cors is not None:  # off: not a call per response
+            app.on_response_prepare.append(cors.response_hook(lambda: gateway.current.config.server.cors))
+            gateway.cors_hooked = True
         loop = asyncio.get_running_loop()
         if handle_sighup:
             loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(gateway.reload()))
@@ -144,5 +148,5 @@ def create_app(
     r.add_route("*", "/openai/models", fwd.list_models)
     add_responses_routes(r, fwd)  # /v1/responses and its Azure-style forms
     r.add_route("*", "/v1/{tail:.*}", fwd.passthrough)
-    r.add_route("*", "/{tail:.*}", not_found)
+    r.add_route("*", "/{tail:.*}", fwd.not_found)
     return app

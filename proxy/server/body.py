@@ -6,10 +6,13 @@ catch what would otherwise surface as a confusing upstream error.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import orjson
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 
 from ..errors import InvalidRequest, PayloadTooLarge
 from ..types import CHAT, COMPLETIONS, EMBEDDINGS
@@ -17,20 +20,54 @@ from ..types import CHAT, COMPLETIONS, EMBEDDINGS
 _CHUNK = 1 << 16
 
 
-async def read_body(request: web.Request, limit: int) -> bytes:
+async def read_body(request: web.Request, limit: int, timeout: float) -> bytes:
+    """The whole body, at most `limit` bytes, received within `timeout` seconds.
+
+    A body that has already arrived (the usual case: it came with the headers) is taken
+    without a timer; only one still on its way is waited for, under the deadline.
+    """
     length = request.content_length
-    if length is not None:
+    if length is not None and request.headers.get("Content-Encoding", "identity").lower() == "identity":
         if length > limit:
             raise PayloadTooLarge(f"Request body of {length} bytes exceeds the limit of {limit} bytes.")
-        return await request.content.readexactly(length) if length else b""
+        if not length:
+            return b""
+        content = request.content
+        try:
+            data = content.read_nowait(length)
+            if len(data) == length:
+                return data
+            async with asyncio.timeout(timeout):
+                return data + await content.readexactly(length - len(data))
+        except TimeoutError:
+            raise _too_slow(timeout) from None
+        except (asyncio.IncompleteReadError, RequestPayloadError, HttpProcessingError):
+            raise _unreadable() from None
+    # Chunked, or compressed (aiohttp inflates it; `limit` then bounds the inflated size).
     parts: list[bytes] = []
     size = 0
-    while chunk := await request.content.read(_CHUNK):
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"Request body exceeds the limit of {limit} bytes.")
-        parts.append(chunk)
+    try:
+        async with asyncio.timeout(timeout):
+            while chunk := await request.content.read(_CHUNK):
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLarge(f"Request body exceeds the limit of {limit} bytes.")
+                parts.append(chunk)
+    except TimeoutError:
+        raise _too_slow(timeout) from None
+    except (asyncio.IncompleteReadError, RequestPayloadError, HttpProcessingError):
+        raise _unreadable() from None
     return b"".join(parts)
+
+
+def _too_slow(timeout: float) -> InvalidRequest:
+    return InvalidRequest(f"The request body did not arrive within {timeout:g} s.", code="request_timeout", status=408)
+
+
+def _unreadable() -> InvalidRequest:
+    return InvalidRequest(
+        "The request body could not be read: it ended early or its encoding is invalid.", code="invalid_body"
+    )
 
 
 def parse_json(raw: bytes) -> dict[str, Any]:
@@ -47,6 +84,23 @@ def parse_json(raw: bytes) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise InvalidRequest("The request body must be a JSON object.", code="invalid_json")
     return body
+
+
+def duplicates_model(raw: bytes) -> bool:
+    """Whether `"model"` occurs more than once: the body must then be re-serialised.
+
+    orjson keeps the last of duplicate keys, and that is the model checked against the
+    key's allow-list; an upstream keeping the first would run another one. Re-serialising
+    sends only the checked one. (A `"model"` inside a string is escaped, so never counts.)
+    """
+    return raw.count(b'"model"') > 1
+
+
+def nested_too_deeply(exc: BaseException) -> InvalidRequest | None:
+    """The 400 for a body orjson could parse (1,024 levels) but cannot write back (254)."""
+    if isinstance(exc, TypeError) and str(exc) == "Recursion limit reached":
+        return InvalidRequest("The JSON body is nested too deeply (at most 254 levels).", code="invalid_json")
+    return None
 
 
 def _type_error(param: str, expected: str, value: Any) -> InvalidRequest:

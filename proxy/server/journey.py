@@ -21,15 +21,16 @@ from ..errors import (
     CLIENT_DISCONNECTED,
     AuthenticationFailed,
     GatewayError,
+    InvalidRequest,
     MethodNotAllowed,
     ModelNotFound,
     PermissionDenied,
     UnknownURL,
 )
-from ..types import MODELS, PASSTHROUGH, Call, Client, Reply
-from . import attempts
+from ..types import MODELS, PASSTHROUGH, UNMATCHED, Call, Client, Reply
+from . import attempts, cors, passthrough
 from .attempts import Send, send_to_provider
-from .body import check_body, parse_json, read_body
+from .body import check_body, duplicates_model, nested_too_deeply, parse_json, read_body
 from .replies import error_response, request_id_of
 from .runtime import Runtime
 
@@ -65,6 +66,9 @@ class Forwarder:
             runtime.enter()
             call = _new_call(request, runtime, endpoint)
             try:
+                if request.method == "OPTIONS" and self.gateway.cors_hooked and (allowed := runtime.config.server.cors):
+                    call.status = 204  # a browser's CORS preflight: answered here, never upstream
+                    return await _send(request, cors.preflight(request, allowed, call.request_id), call)
                 if method is not None and request.method != method:
                     raise MethodNotAllowed(f"{request.method} is not allowed on {request.path}; use {method}.")
                 return await work(request, runtime, call)
@@ -75,9 +79,11 @@ class Forwarder:
                 call.error_type = call.error_type or CLIENT_DISCONNECTED
                 call.status = call.status or 499
                 raise
-            except Exception:
-                log.exception("request %s: unhandled error on %s %s", call.request_id, request.method, request.path)
-                err = GatewayError("The gateway failed to process the request.", code="internal_error")
+            except Exception as exc:
+                err: GatewayError | None = nested_too_deeply(exc)
+                if err is None:
+                    log.exception("request %s: unhandled error on %s %s", call.request_id, request.method, request.path)
+                    err = GatewayError("The gateway failed to process the request.", code="internal_error")
                 return await self._fail(request, call, err)
             finally:
                 try:
@@ -90,15 +96,21 @@ class Forwarder:
 
     def model_call(self, endpoint: str, plan: Plan | None = None) -> Handler:
         async def work(request: web.Request, runtime: Runtime, call: Call) -> web.StreamResponse:
-            call.raw_body = await read_body(request, runtime.config.server.max_body_size)
+            # Who is calling is decided from the headers, before a byte of the body is
+            # read: a keyless client cannot hold the connection open by sending it slowly.
+            client = await self._authorize(runtime, call)
+            server = runtime.config.server
+            call.raw_body = await read_body(request, server.max_body_size, server.body_timeout)
             body = parse_json(call.raw_body)
             deployment = request.match_info.get("deployment")
             if deployment and body.get("model") != deployment:
                 body["model"] = deployment  # Azure-style: the path names the model
                 call.body_dirty = True
             call.body = body
+            if duplicates_model(call.raw_body):
+                call.body_dirty = True
             call.model, call.stream = check_body(endpoint, body)
-            await self._authorize(runtime, call)
+            _permit(client, call.model)
             await self._route(runtime, call)
             await runtime.chain.rewrite_request(call)
             send = await plan(runtime, call) if plan is not None else send_to_provider
@@ -108,27 +120,47 @@ class Forwarder:
         return self._handler(endpoint, work, "POST")
 
     async def _passthrough(self, request: web.Request, runtime: Runtime, call: Call) -> web.StreamResponse:
-        if any(seg in (".", "..") for seg in request.match_info["tail"].split("/")):
-            # The upstream would resolve them, and the call could leave its /v1 base URL.
-            raise UnknownURL(request.method, request.path)
+        if request.method not in passthrough.METHODS:
+            raise MethodNotAllowed(
+                f"{request.method} is not allowed on {request.path}; use {passthrough.ALLOW}.",
+                headers={"Allow": passthrough.ALLOW},
+            )
         call.path = request.rel_url.raw_path[4:]  # after "/v1/", percent-encoded as the client sent it
-        if request.method not in ("GET", "HEAD", "DELETE"):
-            call.raw_body = await read_body(request, runtime.config.server.max_body_size)
+        if not passthrough.is_safe_path(call.path):
+            # The upstream would resolve it, and the call could leave its /v1 base URL.
+            raise UnknownURL(request.method, request.path)
+        client = await self._authorize(runtime, call)  # from the headers, before the body
+        if request.method == "POST":
+            server = runtime.config.server
+            call.raw_body = await read_body(request, server.max_body_size, server.body_timeout)
         if call.raw_body[:1] == b"{" and request.content_type == "application/json":
             call.body = parse_json(call.raw_body)
-            model = call.body.get("model")
-            call.model = model if isinstance(model, str) else None
             call.stream = call.body.get("stream") is True
-        client = await self._authorize(runtime, call)
+            model = call.body.get("model")
+            if isinstance(model, str) and passthrough.names_model(request.method, call.path):
+                call.model = model  # decided by the route: elsewhere a body's model means nothing
+                _permit(client, model)
+                call.body_dirty = duplicates_model(call.raw_body)
         if call.model is None and client.models is not None:
             # Model-less routes (files, batches, ...) would run on the gateway's own
             # upstream credentials outside the key's model allow-list.
             raise PermissionDenied(
                 f"The key '{client.name}' is limited to certain models and may not use /v1/{call.path}."
             )
-        targets = await runtime.chain.route(call)
-        call.targets = [t for t in targets or () if t.provider.supports_passthrough]
+        targets = await runtime.chain.route(call) or []
+        call.targets = [t for t in targets if t.provider.supports_passthrough]
         if not call.targets:
+            if targets:  # routed, to providers that cannot serve this endpoint
+                names = ", ".join(sorted({t.provider_name for t in targets}))
+                raise InvalidRequest(
+                    f"/v1/{call.path} is not supported by the provider(s) this request routes to ({names}).",
+                    param="model" if call.model else None,
+                    code="unsupported_endpoint",
+                )
+            if call.model is not None:
+                raise ModelNotFound(
+                    f"The model '{call.model}' does not exist or you do not have access to it.", param="model"
+                )
             raise UnknownURL(request.method, f"/v1/{call.path}")
         await runtime.chain.rewrite_request(call)
         reply, first = await self._attempt(runtime, call)
@@ -152,6 +184,15 @@ class Forwarder:
         return self._handler(PASSTHROUGH, self._passthrough)
 
     @property
+    def not_found(self) -> Handler:
+        """Paths no route serves: OpenAI's 404, through the same log as every request."""
+
+        async def work(request: web.Request, runtime: Runtime, call: Call) -> web.StreamResponse:
+            raise UnknownURL(request.method, request.path)
+
+        return self._handler(UNMATCHED, work)
+
+    @property
     def list_models(self) -> Handler:
         return self._handler(MODELS, self._list_models, "GET")
 
@@ -166,10 +207,8 @@ class Forwarder:
         if client is None:
             raise AuthenticationFailed("No plugin accepted the request's credentials.")
         call.client = client
-        if call.model is not None and not client.allows(call.model):
-            raise PermissionDenied(
-                f"The key '{client.name}' is not allowed to use the model '{call.model}'.", param="model"
-            )
+        if call.model is not None:
+            _permit(client, call.model)
         return client
 
     async def _route(self, runtime: Runtime, call: Call) -> None:
@@ -255,6 +294,12 @@ class Forwarder:
             log.exception("log_request hook failed")
 
 
+def _permit(client: Client, model: str) -> None:
+    """Refuse a model outside the key's allow-list."""
+    if not client.allows(model):
+        raise PermissionDenied(f"The key '{client.name}' is not allowed to use the model '{model}'.", param="model")
+
+
 async def _send(request: web.Request, resp: web.Response, call: Call) -> web.Response:
     """Write a whole response now, so `log_request` runs after it has left."""
     try:
@@ -275,8 +320,8 @@ def _new_call(request: web.Request, runtime: Runtime, endpoint: str) -> Call:
         request_id=request_id_of(request),
         endpoint=endpoint,
         method=request.method,
-        path=endpoint if endpoint != PASSTHROUGH else path,
-        query_string=request.query_string,
+        path=endpoint if endpoint not in (PASSTHROUGH, UNMATCHED) else path,
+        query_string=request.rel_url.raw_query_string,  # forwarded as sent: decoding could split or inject
         headers=request.headers,
         config=runtime.config,
     )

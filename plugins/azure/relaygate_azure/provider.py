@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as _dt
 import re
 from collections.abc import Mapping
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 from proxy.config.options import Options
 from proxy.errors import GatewayError
@@ -22,7 +22,12 @@ from .auth import EntraToken
 from .errors import azure_error
 from .stream import AzureStreamFixer
 
-_OPENAI_SUFFIX = re.compile(r"/openai(/v1)?$")
+_OPENAI_SUFFIX = re.compile(r"/openai(/v1)?/?$")
+ENDPOINT_FORMS = (
+    "expected the resource endpoint as Azure shows it: https://RESOURCE.openai.azure.com "
+    "(or .cognitiveservices.azure.com, .services.ai.azure.com), optionally followed by /openai or /openai/v1; "
+    "a deployment goes in a route target's model, and api_version in its own key"
+)
 
 
 def _api_version(options: Options) -> str | None:
@@ -48,10 +53,17 @@ class AzureProvider(OpenAICompatibleProvider):
                 "endpoint",
                 "expected exactly one of endpoint (https://RESOURCE.openai.azure.com) or base_url",
             )
+        given = endpoint or self.base_url
+        suffix = _OPENAI_SUFFIX.search(given)
+        parts = urlsplit(given)
+        if parts.query or parts.fragment or (endpoint is not None and not suffix and parts.path not in ("", "/")):
+            raise options.error("endpoint" if endpoint else "base_url", f"{ENDPOINT_FORMS}, got {given!r}")
         #: The resource root, without `/openai`: the paths below are appended to it.
-        self.root: str = _OPENAI_SUFFIX.sub("", endpoint or self.base_url)
+        self.root: str = _OPENAI_SUFFIX.sub("", given)
         self.base_url = self.root
-        self.api_mode: str = options.str("api_mode", "classic", choices=("classic", "v1"))
+        # Azure's v1 guide hands OpenAI clients `{endpoint}/openai/v1/`: that URL means the v1 API.
+        v1_url = suffix is not None and suffix.group(1) is not None
+        self.api_mode: str = options.str("api_mode", "v1" if v1_url else "classic", choices=("classic", "v1"))
         self.api_version: str | None = _api_version(options)
         if self.api_mode == "classic" and self.api_version is None:
             raise options.error(

@@ -219,3 +219,13 @@ def test_v1_api_mode_passes_other_routes_through(azure) -> None:
         seen = state.seen()
         assert seen["path"] == "/openai/v1/files" and seen["query"] == {"purpose": "batch"}
         assert seen["headers"]["api-key"] == UPSTREAM_KEY and "Authorization" not in seen["headers"]
+
+
+def test_the_v1_base_url_from_azures_guide_works_as_it_is(azure) -> None:
+    """`…/openai/v1/` with no api_version and no api_mode, as Azure's v1 guide writes it for OpenAI clients."""
+    state, url = azure
+    yaml = config(f"{url}/openai/v1/").replace('    api_version: "2024-10-21"\n', "")
+    with Gateway(yaml, env=ENV) as gw, openai.OpenAI(base_url=gw.base_url, api_key=CLIENT_KEY) as client:
+        assert client.chat.completions.create(model="gpt-4o", messages=HELLO).choices[0].message.content
+        seen = state.seen()
+        assert seen["path"] == "/openai/v1/chat/completions" and seen["body"]["model"] == "prod-gpt4o"

@@ -150,3 +150,42 @@ def test_unquoted_api_version_date_is_accepted() -> None:
         ),
     )
     assert provider.api_version == "2024-10-21"
+
+
+# ---------------------------------------------------------------- the endpoint as Azure documents it
+
+
+def _azure(**block: object):  # type: ignore[no-untyped-def]
+    from relaygate_azure.provider import AzureProvider
+
+    return AzureProvider("azure", Options({"type": "azure", "api_key": "k", **block}, ("providers", "azure")))
+
+
+@pytest.mark.parametrize("endpoint", [
+    "https://r.openai.azure.com", "https://r.openai.azure.com/", "https://r.openai.azure.com/openai",
+    "https://r.openai.azure.com/openai/", "https://r.cognitiveservices.azure.com/",
+])
+def test_classic_endpoint_with_or_without_openai(endpoint: str) -> None:
+    provider = _azure(endpoint=endpoint, api_version="2024-10-21")
+    assert provider.api_mode == "classic"
+    assert provider.root == endpoint.split("/openai")[0].rstrip("/")
+
+
+@pytest.mark.parametrize("url", ["https://r.openai.azure.com/openai/v1", "https://r.openai.azure.com/openai/v1/",
+                                 "https://r.services.ai.azure.com/openai/v1/"])
+@pytest.mark.parametrize("key", ["endpoint", "base_url"])
+def test_openai_v1_url_means_the_v1_api(url: str, key: str) -> None:
+    """Azure's v1 guide gives OpenAI clients `…/openai/v1/` and no api-version: that config works as it is."""
+    provider = _azure(**{key: url})
+    assert provider.api_mode == "v1" and provider.api_version is None
+    assert provider.root == url.split("/openai")[0]
+    assert provider.supports_passthrough
+
+
+@pytest.mark.parametrize("endpoint", [
+    "https://r.openai.azure.com/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21",
+    "https://r.openai.azure.com/something",
+])
+def test_other_endpoint_paths_are_check_errors(endpoint: str) -> None:
+    with pytest.raises(ConfigError, match=r"providers\.azure\.endpoint: expected the resource endpoint as Azure"):
+        _azure(endpoint=endpoint, api_version="2024-10-21")

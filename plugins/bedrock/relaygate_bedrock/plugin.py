@@ -30,7 +30,9 @@ def inject_guardrails(call: Call, target: Target) -> None:
     target.headers["X-Amzn-Bedrock-GuardrailIdentifier"] = guardrail.id
     target.headers["X-Amzn-Bedrock-GuardrailVersion"] = guardrail.version
     if guardrail.trace:
-        target.headers["X-Amzn-Bedrock-Trace"] = guardrail.trace
+        # The header takes AWS's upper-case ENABLED | DISABLED | ENABLED_FULL; Converse's
+        # guardrailConfig.trace (request_map) the lower-case one the config holds.
+        target.headers["X-Amzn-Bedrock-Trace"] = guardrail.trace.upper()
     if guardrail.tag_suffix:
         target.body_extra[GUARDRAIL_FIELD] = {"tagSuffix": guardrail.tag_suffix}
     elif call.body is not None and GUARDRAIL_FIELD in call.body:

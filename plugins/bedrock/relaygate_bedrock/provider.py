@@ -28,6 +28,7 @@ from proxy.upstream.sse import DONE
 
 from .auth import AwsAuth, AwsSettings, model_path
 from .embeddings import embed
+from .endpoints import resolve_region, runtime_root
 from .errors import error_from_frame, error_from_response
 from .eventstream import EventStreamDecoder, EventStreamError
 from .models import ModelCache
@@ -47,13 +48,16 @@ class BedrockProvider(Provider):
 
     def __init__(self, name: str, options: Options) -> None:
         super().__init__(name, options)
-        region = options.str("region")
         endpoint = options.url("endpoint_url", None)
         base = options.url("base_url", None)
         if endpoint and base and endpoint != base:
             raise options.error("base_url", "give endpoint_url or base_url, not both")
+        url = endpoint or base
+        region = resolve_region(options, url, required=True)
+        assert region is not None
         self.region: str = region
-        self.endpoint: str = endpoint or base or f"https://bedrock-runtime.{region}.amazonaws.com"
+        # Converse paths hang off the runtime's root, whatever OpenAI base path was copied in.
+        self.endpoint: str = runtime_root(url) if url else f"https://bedrock-runtime.{region}.amazonaws.com"
         self.control_endpoint: str | None = options.url("control_endpoint_url", None)
         self.aws = AwsAuth(AwsSettings.from_options(options, region))
         self.fetch_images: bool = options.bool("fetch_images", False)

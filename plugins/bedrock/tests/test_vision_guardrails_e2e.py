@@ -8,7 +8,7 @@ from collections.abc import Callable
 import openai
 import pytest
 from aiohttp import web
-from bedrock_helpers import CLIENT_KEY, PNG, assert_no_secrets, config_yaml, post, validate_error
+from bedrock_helpers import CLAUDE, CLIENT_KEY, PNG, assert_no_secrets, config_yaml, post, validate_error
 from fakes.bedrock import FakeBedrock
 
 from proxy.testing import FakeServer, Gateway
@@ -110,7 +110,7 @@ def test_openai_endpoint_guardrail_headers(fake: FakeBedrock, make_gateway: Call
     seen = fake.requests[-1]
     assert seen.headers["X-Amzn-Bedrock-GuardrailIdentifier"] == "gr12345"
     assert seen.headers["X-Amzn-Bedrock-GuardrailVersion"] == "3"
-    assert seen.headers["X-Amzn-Bedrock-Trace"] == "enabled"
+    assert seen.headers["X-Amzn-Bedrock-Trace"] == "ENABLED"
     assert seen.headers["Authorization"] == "Bearer " + fake.api_key
     assert seen.json["amazon-bedrock-guardrailConfig"] == {"tagSuffix": "xyz"}
     assert seen.json["model"] == "openai.gpt-oss-20b-1:0"
@@ -139,3 +139,24 @@ def test_openai_endpoint_without_guardrail_adds_nothing(fake: FakeBedrock, gw: G
     seen = fake.requests[-1]
     assert seen.raw_path == "/openai/v1/chat/completions"
     assert not any(k.lower().startswith("x-amzn-bedrock") for k in seen.headers)
+
+
+@pytest.mark.parametrize(("written", "header", "converse"), [
+    ("ENABLED", "ENABLED", "enabled"), ("enabled_full", "ENABLED_FULL", "enabled_full"),
+    ("Disabled", "DISABLED", "disabled"),
+])
+def test_guardrail_trace_in_any_case_goes_out_in_each_wires_case(
+    written: str, header: str, converse: str, fake: FakeBedrock, make_gateway: Callable[..., Gateway]
+) -> None:
+    """AWS writes the header's values upper-case, Converse's field lower-case; the YAML may use either."""
+    routes = (f"  - model: guarded-oss\n    to: {{provider: bedrock-oai, model: openai.gpt-oss-20b-1:0}}\n"
+              f"    guardrail: {{id: gr1, version: DRAFT, trace: {written}, stream_processing_mode: ASYNC}}\n"
+              f"  - model: guarded\n    to: {{provider: bedrock, model: {CLAUDE}}}\n"
+              f"    guardrail: {{id: gr1, version: DRAFT, trace: {written}, stream_processing_mode: ASYNC}}\n")
+    gw = make_gateway(config_yaml(fake.url, routes=routes))
+    with openai.OpenAI(base_url=gw.base_url, api_key=CLIENT_KEY, max_retries=0) as c:
+        c.chat.completions.create(model="guarded-oss", messages=[{"role": "user", "content": "hi"}])
+        assert fake.requests[-1].headers["X-Amzn-Bedrock-Trace"] == header
+        list(c.chat.completions.create(model="guarded", stream=True, messages=[{"role": "user", "content": "hi"}]))
+    config = fake.requests[-1].json["guardrailConfig"]
+    assert config["trace"] == converse and config["streamProcessingMode"] == "async"

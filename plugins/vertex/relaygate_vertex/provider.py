@@ -24,6 +24,7 @@ from proxy.upstream.openai_compat import OpenAICompatibleProvider
 from .auth import CLOUD_PLATFORM, DEFAULT_MARGIN, GoogleToken
 from .errors import vertex_error
 from .request import SUPPORTED, inline_images, needs_images
+from .urls import ACCEPTED_FORMS, VertexBase, parse_base_url
 
 _ENDPOINT_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 _NAME = re.compile(r"^[a-z0-9-]{1,63}$")
@@ -36,6 +37,13 @@ def service_host(location: str) -> str:
     return f"https://{location}-aiplatform.googleapis.com"
 
 
+def _agreeing(options: Options, key: str, value: str, from_url: str | None) -> str:
+    """`value`, unless the base_url names a different one (which of the two was meant?)."""
+    if from_url is not None and value != from_url:
+        raise options.error(key, f"{value!r} disagrees with the base_url, which names {from_url!r}")
+    return value
+
+
 class VertexProvider(OpenAICompatibleProvider):
     endpoints = frozenset({CHAT})
     supports_passthrough = False
@@ -46,15 +54,32 @@ class VertexProvider(OpenAICompatibleProvider):
             raise options.error(
                 "api_key", "not used by type vertex: it authenticates with Google credentials (credentials_file or ADC)"
             )
-        self.project: str = options.str("project")
-        self.location: str = options.str("location", "us-central1")
+        base = None
+        if self.base_url is not None:
+            base = parse_base_url(self.base_url)
+            if base is None:
+                raise options.error("base_url", f"{ACCEPTED_FORMS}, got {self.base_url!r}")
+        named = base or VertexBase("")
+        project = options.str("project", named.project)
+        if project is None:
+            raise options.error("project", "required; expected a Google Cloud project id (or a base_url naming it)")
+        self.project: str = _agreeing(options, "project", project, named.project)
+        self.location: str = _agreeing(
+            options, "location", options.str("location", named.location or "us-central1"), named.location
+        )
         for key, value in (("project", self.project), ("location", self.location)):
             if not _NAME.match(value):
                 raise options.error(
                     key, f"expected a Google Cloud {key} id (lower-case letters, digits, -), got {value!r}"
                 )
-        self.api_version: str = options.str("api_version", "v1beta1", choices=("v1beta1", "v1"))
-        host = self.base_url or service_host(self.location)
+        version = options.str("api_version", named.api_version or "v1beta1", choices=("v1beta1", "v1"))
+        self.api_version: str = _agreeing(options, "api_version", version, named.api_version)
+        #: The endpoint a route target without `endpoint_id` calls: Gemini's `openapi`,
+        #: or the self-deployed endpoint a full base_url names.
+        self.default_endpoint: str = named.endpoint or "openapi"
+        if not _ENDPOINT_ID.match(self.default_endpoint):
+            raise options.error("base_url", f"{ACCEPTED_FORMS}, got {self.base_url!r}")
+        host = named.origin or service_host(self.location)
         self.endpoints_url = f"{host}/{self.api_version}/projects/{self.project}/locations/{self.location}/endpoints"
 
         self.tokens = GoogleToken(
@@ -102,7 +127,7 @@ class VertexProvider(OpenAICompatibleProvider):
     # -------------------------------------------------------------- extension points
 
     def url_for(self, call: Call, target: Target) -> str:
-        endpoint = target.options.get("endpoint_id") or "openapi"
+        endpoint = target.options.get("endpoint_id") or self.default_endpoint
         return f"{self.endpoints_url}/{endpoint}/{call.path}"
 
     async def auth_headers(self, target: Target | None) -> Mapping[str, str]:

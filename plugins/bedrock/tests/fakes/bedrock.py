@@ -218,6 +218,12 @@ class FakeBedrock:
         if request.headers.get("Authorization") != f"Bearer {self.api_key}":
             return web.json_response({"error": {"message": "invalid api key", "type": "invalid_request_error",
                                                 "param": None, "code": "invalid_api_key"}}, status=401)
+        trace = request.headers.get("X-Amzn-Bedrock-Trace")
+        if trace is not None and trace not in ("ENABLED", "DISABLED", "ENABLED_FULL"):
+            # AWS documents the header's values in upper case only.
+            return web.json_response({"error": {"message": f"invalid X-Amzn-Bedrock-Trace {trace!r}",
+                                                "type": "invalid_request_error", "param": None, "code": None}},
+                                     status=400)
         body = orjson.loads(seen.body)
         text = "blocked by guardrail" if request.headers.get("X-Amzn-Bedrock-GuardrailIdentifier") else "hello"
         return web.json_response({
