@@ -23,24 +23,8 @@ import time
 from pathlib import Path
 
 import redis
+import run as bench
 from loadgen import run_load
-from run import (
-    CLIENT_KEY,
-    HOST,
-    Proc,
-    cpu_seconds,
-    fmt,
-    free_port,
-    gateway_config,
-    machine_busy,
-    processes,
-    relaygate_argv,
-    request_bytes,
-    run_bench,
-    spawn,
-    start_mock,
-    wait_ready,
-)
 
 from proxy.testing import RedisServer
 
@@ -55,7 +39,7 @@ def limits_config(workdir: Path, upstream_port: int, redis_url: str) -> Path:
         f"state: {{redis: '{redis_url}'}}\n"
         "clients:\n"
         "  keys:\n"
-        f"    - {{name: bench, key: {CLIENT_KEY}, limits: {{rpm: 100000000, tpm: 1000000000000}}}}\n"
+        f"    - {{name: bench, key: {bench.CLIENT_KEY}, limits: {{rpm: 100000000, tpm: 1000000000000}}}}\n"
         "providers:\n"
         f"  up: {{type: openai, base_url: 'http://127.0.0.1:{upstream_port}/v1', api_key: sk-bench,"
         " max_connections: 2048}\n"
@@ -65,11 +49,11 @@ def limits_config(workdir: Path, upstream_port: int, redis_url: str) -> Path:
     return path
 
 
-def start_gateway(name: str, workdir: Path, config: Path) -> Proc:
-    port = free_port()
-    argv = [*relaygate_argv(), "serve", "--config", str(config), "--port", str(port)]
-    proc = spawn(name, argv, port, workdir, stdout=str(workdir / f"{name}-access.log"))
-    wait_ready(proc)
+def start_gateway(name: str, workdir: Path, config: Path) -> bench.Proc:
+    port = bench.free_port()
+    argv = [*bench.relaygate_argv(), "serve", "--config", str(config), "--port", str(port)]
+    proc = bench.spawn(name, argv, port, workdir, stdout=str(workdir / f"{name}-access.log"))
+    bench.wait_ready(proc)
     return proc
 
 
@@ -80,23 +64,24 @@ def redis_calls(client: redis.Redis) -> dict[str, int]:
     return {"evalsha": int(stats.get("cmdstat_evalsha", {}).get("calls", 0)), "reads": int(reads)}
 
 
-async def cell(gw: Proc, mock: Proc, stream: bool, concurrency: int, duration: float,
+async def cell(gw: bench.Proc, mock: bench.Proc, stream: bool, concurrency: int, duration: float,
                rds: redis.Redis | None, redis_pid: int) -> dict[str, float]:
-    raw = request_bytes(gw.port, stream)
-    await run_load(HOST, gw.port, raw, concurrency=concurrency, duration=0.5, requests=None)  # warm-up
+    raw = bench.request_bytes(gw.port, stream)
+    await run_load(bench.HOST, gw.port, raw, concurrency=concurrency, duration=0.5, requests=None)  # warm-up
     calls0 = redis_calls(rds) if rds is not None else {}
-    gw0, mock0, busy0, redis0 = cpu_seconds(gw.pid), cpu_seconds(mock.pid), machine_busy(), cpu_seconds(redis_pid)
+    gw0, mock0, redis0 = bench.cpu_seconds(gw.pid), bench.cpu_seconds(mock.pid), bench.cpu_seconds(redis_pid)
+    busy0 = bench.machine_busy()
     t0 = time.perf_counter()
-    result = await run_load(HOST, gw.port, raw, concurrency=concurrency, duration=duration, requests=None)
+    result = await run_load(bench.HOST, gw.port, raw, concurrency=concurrency, duration=duration, requests=None)
     wall = time.perf_counter() - t0
     n = max(result.count, 1)
     out = {
         "rps": result.count / wall,
         "p50": statistics.median(result.latencies) * 1e3 if result.latencies else float("nan"),
-        "cpu": (cpu_seconds(gw.pid) - gw0) / n * 1e3,
-        "mock": (cpu_seconds(mock.pid) - mock0) / n * 1e3,
-        "redis": (cpu_seconds(redis_pid) - redis0) / n * 1e3 if rds is not None else float("nan"),
-        "machine": (machine_busy() - busy0) / wall,
+        "cpu": (bench.cpu_seconds(gw.pid) - gw0) / n * 1e3,
+        "mock": (bench.cpu_seconds(mock.pid) - mock0) / n * 1e3,
+        "redis": (bench.cpu_seconds(redis_pid) - redis0) / n * 1e3 if rds is not None else float("nan"),
+        "machine": (bench.machine_busy() - busy0) / wall,
         "errors": result.errors,
         "evalsha": float("nan"),
         "other": float("nan"),
@@ -114,11 +99,11 @@ async def main_async(args: argparse.Namespace) -> None:
     modes = {"json": [False], "stream": [True], "both": [False, True]}[args.mode]
     print(f"# relaygate limits on Redis vs none — {time.strftime('%Y-%m-%d %H:%M:%S %Z')}, {os.cpu_count()} cores")
     print(f"{args.rounds} interleaved rounds x {args.duration:g} s per cell, medians; work dir {workdir}\n")
-    with RedisServer() as redis_server, processes() as procs:
+    with RedisServer() as redis_server, bench.processes() as procs:
         rds = redis.Redis.from_url(redis_server.url)
-        mock = start_mock(workdir, 20)
+        mock = bench.start_mock(workdir, 20)
         procs.append(mock)
-        plain = start_gateway("plain", workdir, gateway_config(workdir, mock.port))
+        plain = start_gateway("plain", workdir, bench.gateway_config(workdir, mock.port))
         procs.append(plain)
         limited = start_gateway("limits", workdir, limits_config(workdir, mock.port, redis_server.url))
         procs.append(limited)
@@ -143,9 +128,10 @@ async def main_async(args: argparse.Namespace) -> None:
                 samples = cells[(stream, c, name)]
                 med = {k: statistics.median(s[k] for s in samples) for k in samples[0]}
                 ratio = med["rps"] / base if base else float("nan")
-                print(f"| {'stream' if stream else 'json'} | {c} | {name} | {med['rps']:,.0f} | {fmt(ratio, 2)} "
-                      f"| {fmt(med['p50'])} | {fmt(med['cpu'])} | {fmt(med['redis'])} | {fmt(med['evalsha'], 2)} "
-                      f"| {fmt(med['other'], 2)} "
+                print(f"| {'stream' if stream else 'json'} | {c} | {name} | {med['rps']:,.0f} | {bench.fmt(ratio, 2)} "
+                      f"| {bench.fmt(med['p50'])} | {bench.fmt(med['cpu'])} | {bench.fmt(med['redis'])} "
+                      f"| {bench.fmt(med['evalsha'], 2)} "
+                      f"| {bench.fmt(med['other'], 2)} "
                       f"| {med['machine']:.2f} | {sum(s['errors'] for s in samples):.0f} |")
 
 
@@ -155,7 +141,7 @@ def main() -> None:
     parser.add_argument("--mode", choices=("json", "stream", "both"), default="json")
     parser.add_argument("--duration", type=float, default=3.0)
     parser.add_argument("--rounds", type=int, default=3)
-    run_bench(main_async(parser.parse_args()))
+    bench.run_bench(main_async(parser.parse_args()))
 
 
 if __name__ == "__main__":
