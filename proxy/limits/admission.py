@@ -212,16 +212,18 @@ class Limiter:
 
     # -------------------------------------------------------------- the end
 
-    async def end_provider(self, adm: Admission) -> None:
+    def end_provider(self, adm: Admission) -> None:
         """A target failed: its provider keeps the request counted, with no tokens."""
         check, adm.provider = adm.provider, None
         if check is not None:
             end = ScopeEnd(check.prefix, False, tpm=bool(check.tpm), concurrency=bool(check.concurrency),
                            estimate=check.tokens)  # fmt: skip
-            await self._finish([(adm.provider_rid, [end])])
+            self.counters.settle_soon([(adm.provider_rid, [end])])
 
-    async def finish(self, call: Call, adm: Admission, price: Price | None) -> None:
-        """Settle to the real usage (or the estimate, when it is unknown), or release on failure."""
+    def finish(self, call: Call, adm: Admission, price: Price | None) -> None:
+        """Settle to the real usage (or the estimate, when it is unknown), or release on failure.
+
+        Nothing waits for it: the settlement is applied, or queued for this loop turn's batch."""
         usage = call.usage
         ends: list[ScopeEnd] = []
         settle = adm.served or usage is not None
@@ -254,20 +256,13 @@ class Limiter:
         if ends:
             items.append((adm.rid, ends))
         if items:
-            await self._finish(items)
+            self.counters.settle_soon(items)
 
     def _spent_period(self, adm: Admission) -> tuple[str, int]:
         """The period a settled cost is charged to (the one current now) and how long to keep it."""
         assert adm.budget is not None
         pid, end = self.periods.current(adm.budget.period)
         return pid, 0 if end is None else int((end - time.time() + 86400) * 1000)
-
-    async def _finish(self, items: list[tuple[str, list[ScopeEnd]]]) -> None:
-        try:
-            await self.counters.finish_many(items)  # queued before this first wait
-        except StateUnavailable:
-            log.debug("settlement skipped: shared state down (its leases lapse)")
-
 
 def _check(prefix: str, limits: Limits | None, tokens: int) -> ScopeCheck:
     if limits is None:

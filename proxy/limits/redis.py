@@ -340,6 +340,11 @@ return redis.error_reply('relaygate limits: unknown op ' .. tostring(op))
 """
 
 
+def _settled(fut: asyncio.Future[None]) -> None:
+    if not fut.cancelled() and isinstance(fut.exception(), StateUnavailable):
+        log.debug("a settlement was dropped: shared state down (its leases lapse)")
+
+
 _Admit = tuple[str, Sequence[ScopeCheck], Sequence[ScopeCheck], "asyncio.Future[Verdict]"]
 _Finish = tuple[str, Sequence[ScopeEnd], "asyncio.Future[None]"]
 
@@ -487,10 +492,14 @@ class RedisCounters(Counters):
     # -------------------------------------------------------------- finish
 
     async def finish(self, rid: str, ends: Sequence[ScopeEnd]) -> None:
-        await self.finish_many([(rid, ends)])
+        await self._queue_finishes([(rid, ends)])
 
-    def finish_many(self, items: Sequence[tuple[str, Sequence[ScopeEnd]]]) -> asyncio.Future[None]:
-        """Queue settlements now (so a cancelled caller cannot lose them); the future says when done."""
+    def settle_soon(self, items: Sequence[tuple[str, Sequence[ScopeEnd]]]) -> None:
+        fut = self._queue_finishes(items)
+        fut.add_done_callback(_settled)
+
+    def _queue_finishes(self, items: Sequence[tuple[str, Sequence[ScopeEnd]]]) -> asyncio.Future[None]:
+        """Queue settlements now; the future says when Redis has applied them."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
         if self._skipping():

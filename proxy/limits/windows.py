@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 WINDOW_MS = 60_000
@@ -110,14 +110,11 @@ class Counters(ABC):
     async def finish(self, rid: str, ends: Sequence[ScopeEnd]) -> None:
         """Settle or release reservation `rid` in each scope of `ends`."""
 
-    def finish_many(self, items: Sequence[tuple[str, Sequence[ScopeEnd]]]) -> Awaitable[None]:
-        """`finish` of several reservations, taken in hand before the caller first waits (so a
-        caller cancelled while it waits loses none of them)."""
-        return self._finish_all(items)
-
-    async def _finish_all(self, items: Sequence[tuple[str, Sequence[ScopeEnd]]]) -> None:
-        for rid, ends in items:
-            await self.finish(rid, ends)  # in process: runs to its end without suspending
+    @abstractmethod
+    def settle_soon(self, items: Sequence[tuple[str, Sequence[ScopeEnd]]]) -> None:
+        """`finish` several reservations without waiting: applied now, or queued now and sent
+        within this event-loop turn. A request's handler returns at once (its keep-alive
+        connection is free for the next request), and a cancelled caller loses nothing."""
 
     async def touch(self, leases: Sequence[tuple[str, str]]) -> None:  # noqa: B027  # memory leases never lapse
         """Extend the leases (concurrency, budget) of (rid, prefix) pairs still in flight."""
@@ -253,6 +250,13 @@ class MemoryCounters(Counters):
         return Verdict(status, chosen, info, rejections)
 
     async def finish(self, rid: str, ends: Sequence[ScopeEnd]) -> None:
+        self.settle_soon([(rid, ends)])
+
+    def settle_soon(self, items: Sequence[tuple[str, Sequence[ScopeEnd]]]) -> None:
+        for rid, ends in items:
+            self._finish_now(rid, ends)
+
+    def _finish_now(self, rid: str, ends: Sequence[ScopeEnd]) -> None:
         now = int(time.monotonic() * 1000)
         for e in ends:
             s = self._scope(e.prefix)

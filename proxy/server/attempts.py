@@ -79,7 +79,7 @@ async def attempt(runtime: Runtime, call: Call, send: Send = send_to_provider) -
         except _TargetFailed as failed:
             last = failed.error or last
             if adm is not None and limiter is not None:
-                await limiter.end_provider(adm)
+                limiter.end_provider(adm)
             if queue:
                 reason = f"HTTP {last.status} {last.code or last.type}" if last is not None else "circuit open"
                 call.fallbacks.append(f"{target.provider_name}: {reason}")
@@ -185,5 +185,4 @@ async def finish(runtime: Runtime, call: Call) -> None:
     adm = call.admission
     limiter = runtime.limiter
     if adm is not None and limiter is not None:
-        # Queued before its first wait: a client that hangs up now cannot leave a reservation behind.
-        await limiter.finish(call, adm, price)
+        limiter.finish(call, adm, price)  # applied or queued now; the handler does not wait for Redis
