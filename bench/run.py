@@ -27,7 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -595,10 +595,14 @@ def main() -> None:
     parser.add_argument("--access-log", choices=("file", "devnull"), default="file")
     parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--skip-memory", action="store_true")
-    args = parser.parse_args()
+    run_bench(main_async(parser.parse_args()))
+
+
+def run_bench(main: Coroutine[Any, Any, None]) -> None:
+    """Run a benchmark's main coroutine on uvloop, with room for thousands of sockets."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 8192)), hard))  # children inherit
-    uvloop.run(main_async(args))
+    uvloop.run(main)
 
 
 if __name__ == "__main__":

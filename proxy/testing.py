@@ -256,6 +256,12 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://{self.host}:{self.port}/0"
 
+    @property
+    def pid(self) -> int:
+        """The running server's process id (benchmarks read its CPU time)."""
+        assert self._proc is not None, "redis-server is not running"
+        return int(self._proc.pid)
+
     def start(self) -> RedisServer:
         import shutil
         import socket

@@ -17,6 +17,7 @@ from pathlib import Path
 from aiohttp import web
 
 from ..errors import ConfigError, MethodNotAllowed
+from ..limits.config import unshared_limits
 from ..responses import add_routes as add_responses_routes
 from ..types import CHAT, COMPLETIONS, EMBEDDINGS
 from . import cors
@@ -32,9 +33,12 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 class GatewayState:
     """App state: the current runtime and how to reload it. Lives under `STATE`."""
 
-    def __init__(self, config_path: str | Path, extra_plugins: Iterable[tuple[str, object]] = ()) -> None:
+    def __init__(
+        self, config_path: str | Path, extra_plugins: Iterable[tuple[str, object]] = (), workers: int = 1
+    ) -> None:
         self.config_path = str(config_path)
         self.extra_plugins = tuple(extra_plugins)
+        self.workers = workers  # processes serving this config (`--workers`): limits need Redis then
         self.runtime: Runtime | None = None
         self._reload_lock = asyncio.Lock()
         self._retiring: set[asyncio.Task[None]] = set()
@@ -60,6 +64,9 @@ class GatewayState:
         async with self._reload_lock:
             try:
                 runtime = await asyncio.to_thread(load_runtime, self.config_path, self.extra_plugins)
+                problem = unshared_limits(runtime.config.has_limits, runtime.config.state.redis, self.workers)
+                if problem is not None:
+                    raise ConfigError(problem)
                 await runtime.start(previous=self.runtime)
             except ConfigError as exc:
                 log.error("reload of %s refused, keeping the running config:\n%s", self.config_path, exc)
@@ -105,10 +112,11 @@ def create_app(
     extra_plugins: Iterable[tuple[str, object]] = (),
     runtime: Runtime | None = None,
     handle_sighup: bool = False,
+    workers: int = 1,
 ) -> web.Application:
     """The gateway app. `runtime` is a pre-loaded config (the CLI validates before binding)."""
     app = web.Application(client_max_size=1 << 40)  # the body limit is checked per route, from config
-    gateway = GatewayState(config_path, extra_plugins)
+    gateway = GatewayState(config_path, extra_plugins, workers)
     app[STATE] = gateway
     fwd = Forwarder(gateway)
 

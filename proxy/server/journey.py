@@ -26,10 +26,10 @@ from ..errors import (
     ModelNotFound,
     PermissionDenied,
     UnknownURL,
-    is_retryable,
 )
-from ..types import MODELS, PASSTHROUGH, UNMATCHED, Attempt, Call, Client, Reply, Target
-from . import cors, passthrough
+from ..types import MODELS, PASSTHROUGH, UNMATCHED, Call, Client, Reply
+from . import attempts, cors, passthrough
+from .attempts import Send, send_to_provider
 from .body import check_body, duplicates_model, nested_too_deeply, parse_json, read_body
 from .replies import error_response, request_id_of
 from .runtime import Runtime
@@ -40,16 +40,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("relaygate")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Work = Callable[[web.Request, Runtime, Call], Awaitable[web.StreamResponse]]
-#: One upstream attempt: `provider.send` itself, or what wraps it (a translation, a span).
-Send = Callable[[Call, Target], Awaitable[Reply]]
+__all__ = ["Forwarder", "Plan", "Send", "send_to_provider"]
 #: Prepares a model call after `rewrite_request` and picks how its attempts are sent
 #: (the Responses API translates per target).
 Plan = Callable[[Runtime, Call], Awaitable[Send]]
-
-
-async def send_to_provider(call: Call, target: Target) -> Reply:
-    """The plain attempt: the target's provider sends the call as it is."""
-    return await target.provider.send(call, target)
 
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
@@ -92,8 +86,11 @@ class Forwarder:
                     err = GatewayError("The gateway failed to process the request.", code="internal_error")
                 return await self._fail(request, call, err)
             finally:
-                await self._log(runtime, call)
-                runtime.leave()
+                try:
+                    await self._finish(runtime, call)  # may be cancelled if the client has gone: log anyway
+                finally:
+                    await self._log(runtime, call)
+                    runtime.leave()
 
         return handle
 
@@ -225,41 +222,8 @@ class Forwarder:
     async def _attempt(
         self, runtime: Runtime, call: Call, send: Send = send_to_provider
     ) -> tuple[Reply, bytes | None]:
-        candidates = [t for t in call.targets if t.provider.serves(call.endpoint)]
-        if not candidates:
-            raise InvalidRequest(
-                f"The model '{call.model}' does not support /v1/{call.path}.",
-                param="model",
-                code="unsupported_endpoint",
-            )
-        last = len(candidates) - 1
-        for i, target in enumerate(candidates):
-            call.target = target
-            attempt = Attempt(target.provider_name, target.model)
-            call.attempts.append(attempt)
-            try:
-                await runtime.chain.inject_guardrails(call, target)
-                reply = await send(call, target)
-                first = await _first_chunk(reply) if reply.stream is not None else None
-                attempt.ended = time.perf_counter()
-                attempt.status = reply.status
-                return reply, first
-            except GatewayError as exc:
-                attempt.ended = time.perf_counter()
-                attempt.status = exc.status
-                attempt.error_type = exc.error_type
-                if i == last or not is_retryable(exc):
-                    raise
-                call.fallbacks.append(f"{target.provider_name}: HTTP {exc.status} {exc.code or exc.type}")
-                log.warning(
-                    "request %s: provider %s failed (HTTP %s %s); falling back to %s",
-                    call.request_id,
-                    target.provider_name,
-                    exc.status,
-                    exc.code,
-                    candidates[i + 1].provider_name,
-                )
-        raise AssertionError("unreachable")
+        """Limits, strategy, breaker, retries and fallbacks: `proxy.server.attempts`."""
+        return await attempts.attempt(runtime, call, send)
 
     # -------------------------------------------------------------- responses
 
@@ -325,6 +289,12 @@ class Forwarder:
         call.error_type = exc.error_type
         return await _send(request, error_response(exc, call.request_id), call)
 
+    async def _finish(self, runtime: Runtime, call: Call) -> None:
+        try:
+            await attempts.finish(runtime, call)
+        except Exception:
+            log.exception("request %s: settling its limits failed", call.request_id)
+
     async def _log(self, runtime: Runtime, call: Call) -> None:
         try:
             await runtime.chain.log_request(call)
@@ -371,17 +341,6 @@ async def _write(request: web.Request, sresp: web.StreamResponse, chunk: bytes, 
             await sresp.write(chunk)
     except TimeoutError:
         raise ClientTooSlow from None
-
-
-async def _first_chunk(reply: Reply) -> bytes:
-    assert reply.stream is not None
-    try:
-        return await anext(reply.stream)
-    except StopAsyncIteration:
-        return b""
-    except BaseException:
-        await reply.stream.aclose()
-        raise
 
 
 def _new_call(request: web.Request, runtime: Runtime, endpoint: str) -> Call:

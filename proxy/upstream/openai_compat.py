@@ -57,11 +57,18 @@ def merge_headers(headers: Headers, more: Mapping[str, str]) -> Headers:
 
 
 def parse_usage(usage: Any) -> Usage | None:
+    """Chat/completions/embeddings usage, or the Responses API's (`input_tokens`, ...)."""
     if not isinstance(usage, dict):
         return None
-    prompt = usage.get("prompt_tokens", usage.get("input_tokens"))  # chat, or the Responses API
+    prompt = usage.get("prompt_tokens", usage.get("input_tokens"))
     completion = usage.get("completion_tokens", usage.get("output_tokens"))
-    return Usage(prompt if isinstance(prompt, int) else 0, completion if isinstance(completion, int) else 0)
+    details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details")
+    cached = details.get("cached_tokens") if isinstance(details, dict) else None
+    return Usage(
+        prompt if isinstance(prompt, int) else 0,
+        completion if isinstance(completion, int) else 0,
+        cached if isinstance(cached, int) else 0,
+    )
 
 
 def openai_error_fields(body: bytes) -> tuple[str | None, str | None, str | None, str | None]:
@@ -163,7 +170,7 @@ class OpenAICompatibleProvider(Provider):
             # anything (OpenAI quotes part of the key in its message).
             message = f"provider {self.name!r} rejected the gateway's credentials (upstream HTTP {status})"
             etype, param, code = None, None, "upstream_auth_failed"
-        elif status == 429:
+        elif status in (429, 503):  # both may say when to come back; retries honour it
             retry = headers.get("retry-after")
             if retry:
                 extra["retry-after"] = retry
@@ -240,7 +247,9 @@ class OpenAICompatibleProvider(Provider):
                 headers=relayed,
             )
         data = await upstream.read_body(resp)
-        if call.endpoint != PASSTHROUGH:
+        if call.endpoint != PASSTHROUGH or (call.method == "POST" and call.model is not None):
+            # Pass-through generations (a model named) are counted and priced too; a GET of a
+            # stored object (a batch, a response) carries usage that was spent before.
             call.usage = self._usage_of(data)
         return Reply(resp.status, body=data, content_type=content_type, headers=relayed)
 
