@@ -71,6 +71,7 @@ IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "DELETE", "PUT"})
 _HIGH_WATER = 1 << 20  # buffered body bytes at which the socket stops being read
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_TOKENS_SEEN: set[str] = set()
 _BAD_REASON = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _URL_CACHE_SIZE = 1024
 
@@ -238,8 +239,6 @@ class _Connection(asyncio.Protocol):
         self.idle_since = 0.0
         self.uses = 0
         self.head_bytes = 0  # bytes received while the head (interim answers included) was incomplete
-        self.header_count = 0
-        self.header_bytes = 0
 
     # ---------------------------------------------------------------- asyncio.Protocol
 
@@ -308,12 +307,8 @@ class _Connection(asyncio.Protocol):
             raise ProtocolError(f"{self.pool.origin} sent control characters in its status line")
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self.header_count += 1
-        self.header_bytes += len(name) + len(value) + 4
-        if self.header_count > MAX_HEADERS:
-            raise ResponseTooLarge(f"{self.pool.origin} sent more than {MAX_HEADERS} headers")
-        if self.header_bytes > MAX_HEADER_BYTES:
-            raise ResponseTooLarge(f"{self.pool.origin} sent a response head over {MAX_HEADER_BYTES} bytes")
+        # Counted when the head is complete: what one read can hold bounds the list meanwhile,
+        # and `data_received` cuts a head that spans reads at MAX_HEADER_BYTES.
         self.response._raw_headers.append((name, value))  # type: ignore[union-attr]
 
     def on_headers_complete(self) -> None:
@@ -321,7 +316,9 @@ class _Connection(asyncio.Protocol):
         assert resp is not None
         parser = self.parser
         status = parser.get_status_code()
-        self.header_count = 0
+        raw_headers = resp._raw_headers
+        if len(raw_headers) > MAX_HEADERS:
+            raise ResponseTooLarge(f"{self.pool.origin} sent more than {MAX_HEADERS} headers")
         if status < 200:  # 103 Early Hints and the like: the real answer follows
             resp._raw_headers = []
             resp._interim += 1
@@ -332,7 +329,9 @@ class _Connection(asyncio.Protocol):
         resp._keep_alive = parser.should_keep_alive()
         headers = resp.headers
         framed = False
-        for raw_name, raw_value in resp._raw_headers:
+        size = 0
+        for raw_name, raw_value in raw_headers:
+            size += len(raw_name) + len(raw_value)
             name = raw_name.decode("latin-1").lower()
             value = raw_value.decode("latin-1").rstrip(" \t")  # OWS is not part of the value
             if name in ("content-length", "transfer-encoding"):
@@ -342,6 +341,8 @@ class _Connection(asyncio.Protocol):
             else:
                 headers[name] = value
         resp._raw_headers = []
+        if size > MAX_HEADER_BYTES:
+            raise ResponseTooLarge(f"{self.pool.origin} sent a response head over {MAX_HEADER_BYTES} bytes")
         resp._eof_ends = not framed and status not in (204, 304)
         if self.head_only:  # a HEAD answer has no body whatever its headers say
             resp._complete = True
@@ -459,7 +460,7 @@ class Pool:
             conn.response = resp
             conn.head_only = method == "HEAD"
             conn.uses += 1
-            conn.head_bytes = conn.header_bytes = conn.header_count = 0
+            conn.head_bytes = 0
             transport = conn.transport
             if conn.closed or transport is None or transport.is_closing():
                 conn.abort()
@@ -655,14 +656,17 @@ class HTTPClient:
 
 
 def _head(method: str, target: str, host: str, headers: Iterable[tuple[str, str]], body: bytes | None) -> bytes:
-    if not _TOKEN.fullmatch(method):
+    if method not in _TOKENS_SEEN and not _TOKEN.fullmatch(method):
         raise ValueError("the request method is not a token")
     if " " in target or _BAD_VALUE.search(target):
         raise ValueError("the request target holds whitespace or control characters")
     lines = [f"{method} {target} HTTP/1.1\r\nHost: {host}\r\n"]
     for name, value in headers:
-        if not _TOKEN.fullmatch(name):
-            raise ValueError(f"header name {name!r} is not a token (or holds a line break)")
+        if name not in _TOKENS_SEEN:
+            if not _TOKEN.fullmatch(name):
+                raise ValueError(f"header name {name!r} is not a token (or holds a line break)")
+            if len(_TOKENS_SEEN) < 1024:  # a provider sends few distinct names: check each once
+                _TOKENS_SEEN.add(name)
         if _BAD_VALUE.search(value):
             raise ValueError(f"header {name!r} holds a line break or a control character")
         lines.append(f"{name}: {value}\r\n")
