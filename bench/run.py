@@ -3,6 +3,8 @@
     python bench/run.py                       # everything, ~2 minutes
     python bench/run.py --targets gateway,bare --concurrency 1 --mode stream --duration 5
     python bench/run.py --skip-throughput     # only start-up and memory
+    python bench/run.py --targets gateway,gateway-aiohttp --ref main --skip-memory
+                                              # both transports and main's build, side by side
 
 Starts every process itself on free 127.0.0.1 ports, warms each scenario up, measures
 and prints Markdown tables (see bench/README.md for what each number means). Every
@@ -25,7 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,7 +42,9 @@ HOST = "127.0.0.1"
 BENCH = Path(__file__).resolve().parent
 CLIENT_KEY = "sk-client-bench-0123456789"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-TARGETS = ("direct", "bare", "gateway")
+TARGETS = ("direct", "bare", "gateway", "gateway-aiohttp", "gateway-ref")
+#: The plugins every gateway loads when a git ref is compared (like for like across builds).
+REF_PLUGINS = "[auth, routing, accesslog, openai, demo]"
 
 
 # ---------------------------------------------------------------- request bodies
@@ -162,19 +166,27 @@ def wait_ready(proc: Proc, timeout: float = 15.0) -> None:
     raise RuntimeError(f"{proc.name} did not listen on {proc.port} within {timeout} s")
 
 
-def spawn(name: str, argv: list[str], port: int, workdir: Path, stdout: str | None = None) -> Proc:
+def spawn(
+    name: str, argv: list[str], port: int, workdir: Path, stdout: str | None = None, pythonpath: Path | None = None
+) -> Proc:
     out = open(stdout or workdir / f"{name}.out", "wb")  # noqa: SIM115 - owned by the child
     err = open(workdir / f"{name}.err", "wb")  # noqa: SIM115
-    popen = subprocess.Popen(argv, stdout=out, stderr=err, cwd=BENCH.parent)
+    env = None
+    if pythonpath is not None:  # that checkout's `proxy` shadows the installed one
+        env = {**os.environ, "PYTHONPATH": str(pythonpath)}
+    popen = subprocess.Popen(argv, stdout=out, stderr=err, cwd=pythonpath or BENCH.parent, env=env)
     out.close()
     err.close()
     return Proc(name, popen, port)
 
 
-def gateway_config(workdir: Path, upstream_port: int) -> Path:
-    path = workdir / "gateway.yaml"
+def gateway_config(workdir: Path, upstream_port: int, *, transport: str = "lean", only: bool = False) -> Path:
+    """The gateway's config; `transport: aiohttp` for that target, `only` the core plugins (with --ref)."""
+    path = workdir / f"gateway-{transport}.yaml"
+    extra = f", transport: {transport}" if transport != "lean" else ""
     path.write_text(
-        "server:\n"
+        (f"plugins: {{only: {REF_PLUGINS}}}\n" if only else "")
+        + "server:\n"
         "  host: 127.0.0.1\n"
         "  log_level: INFO\n"
         "clients:\n"
@@ -182,7 +194,7 @@ def gateway_config(workdir: Path, upstream_port: int) -> Path:
         f"    - {{name: bench, key: {CLIENT_KEY}}}\n"
         "providers:\n"
         f"  up: {{type: openai, base_url: 'http://127.0.0.1:{upstream_port}/v1', api_key: sk-bench,"
-        " max_connections: 2048}\n"
+        f" max_connections: 2048{extra}}}\n"
         "routes:\n"
         '  - {model: "*", to: up}\n'
     )
@@ -210,12 +222,33 @@ def start_bare(workdir: Path, upstream: int) -> Proc:
     return proc
 
 
-def start_gateway(workdir: Path, config: Path, access_log: str) -> Proc:
+def start_gateway(
+    workdir: Path, config: Path, access_log: str, *, name: str = "gateway", tree: Path | None = None
+) -> Proc:
+    """`relaygate serve`; with `tree`, the `proxy` package of that checkout (a git ref's build)."""
     port = free_port()
-    argv = [*relaygate_argv(), "serve", "--config", str(config), "--port", str(port)]
-    proc = spawn("gateway", argv, port, workdir, stdout=access_log)
+    argv = [*(relaygate_argv() if tree is None else [sys.executable, "-m", "proxy"]),
+            "serve", "--config", str(config), "--port", str(port)]
+    proc = spawn(name, argv, port, workdir, stdout=access_log, pythonpath=tree)
     wait_ready(proc)
     return proc
+
+
+@contextlib.contextmanager
+def ref_tree(ref: str | None) -> Iterator[Path | None]:
+    """A temporary git worktree of `ref` (its `proxy` package runs as `gateway-ref`), removed after."""
+    if ref is None:
+        yield None
+        return
+    path = Path(tempfile.mkdtemp(prefix="relaygate-ref-"))
+    subprocess.run(["git", "worktree", "add", "--detach", "--force", str(path), ref],
+                   cwd=BENCH.parent, check=True, capture_output=True, timeout=60)
+    try:
+        yield path
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(path)], cwd=BENCH.parent,
+                       capture_output=True, timeout=60)
+        shutil.rmtree(path, ignore_errors=True)
 
 
 # ---------------------------------------------------------------- measuring
@@ -351,7 +384,8 @@ def throughput_table(rows: list[Row]) -> str:
         base = by.get((r.mode, r.concurrency, "direct"))
         added50 = r.key(0.5) - base.key(0.5) if base and r.target != "direct" else None
         added99 = r.key(0.99) - base.key(0.99) if base and r.target != "direct" else None
-        ratio = cpu_ratio(r, by.get((r.mode, r.concurrency, "bare"))) if r.target == "gateway" else None
+        is_gateway = r.target.startswith("gateway")
+        ratio = cpu_ratio(r, by.get((r.mode, r.concurrency, "bare"))) if is_gateway else None
         is_stream = r.mode == "stream"
         out.append(
             f"| {r.mode} | {r.concurrency} | {r.target} | {r.rps:,.0f} | {fmt(r.lat(0.5))} "
@@ -436,16 +470,21 @@ async def main_async(args: argparse.Namespace) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="relaygate-bench-"))
     access_log = os.devnull if args.access_log == "devnull" else str(workdir / "access.log")
     targets = [t for t in args.targets.split(",") if t]
+    if args.ref and "gateway-ref" not in targets:
+        targets.append("gateway-ref")
     modes = {"json": [False], "stream": [True], "both": [False, True]}[args.mode]
     conc = [int(c) for c in args.concurrency.split(",")]
     print(f"# relaygate benchmark — {time.strftime('%Y-%m-%d %H:%M:%S %Z')}")
     print(f"\n{versions()}")
     print(f"plugins loaded: {plugins_loaded()}")
     print(f"work dir (configs, process logs): {workdir}; access log: {access_log}")
-    with processes() as procs:
+    if args.ref:
+        print(f"gateway-ref: the `proxy` package of git ref {args.ref!r}; every gateway loads only {REF_PLUGINS}")
+    with processes() as procs, ref_tree(args.ref) as tree:
         mock = start_mock(workdir, args.chunks)
         procs.append(mock)
-        config = gateway_config(workdir, mock.port)
+        only = args.ref is not None
+        config = gateway_config(workdir, mock.port, only=only)
         if not args.skip_throughput:
             ports: dict[str, tuple[int, int | None]] = {"direct": (mock.port, None)}
             if "bare" in targets:
@@ -456,6 +495,17 @@ async def main_async(args: argparse.Namespace) -> None:
                 gw = start_gateway(workdir, config, access_log)
                 procs.append(gw)
                 ports["gateway"] = (gw.port, gw.pid)
+            if "gateway-aiohttp" in targets:
+                aio_config = gateway_config(workdir, mock.port, transport="aiohttp", only=only)
+                gw = start_gateway(workdir, aio_config, access_log, name="gateway-aiohttp")
+                procs.append(gw)
+                ports["gateway-aiohttp"] = (gw.port, gw.pid)
+            if "gateway-ref" in targets:
+                if tree is None:
+                    raise SystemExit("the gateway-ref target needs --ref REF")
+                gw = start_gateway(workdir, config, access_log, name="gateway-ref", tree=tree)
+                procs.append(gw)
+                ports["gateway-ref"] = (gw.port, gw.pid)
             order = ["direct", *(t for t in TARGETS[1:] if t in targets)]
             rows = {
                 (stream, c, t): Row("stream" if stream else "json", c, t)
@@ -523,7 +573,11 @@ async def main_async(args: argparse.Namespace) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description="relaygate benchmark (loopback only, bounded).")
     parser.add_argument("--targets", default="gateway,bare",
-                        help="comma list of bare,gateway (direct is always measured as the baseline)")
+                        help="comma list of bare,gateway,gateway-aiohttp,gateway-ref "
+                             "(direct is always measured as the baseline)")
+    parser.add_argument("--ref", default=None,
+                        help="also run this git ref's build (e.g. main, a commit) as gateway-ref, "
+                             "from a temporary worktree")
     parser.add_argument("--mode", choices=("json", "stream", "both"), default="both")
     parser.add_argument("--concurrency", default="1,64", help="comma list, e.g. 1,64")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds; cells report medians")
@@ -541,10 +595,14 @@ def main() -> None:
     parser.add_argument("--access-log", choices=("file", "devnull"), default="file")
     parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--skip-memory", action="store_true")
-    args = parser.parse_args()
+    run_bench(main_async(parser.parse_args()))
+
+
+def run_bench(main: Coroutine[Any, Any, None]) -> None:
+    """Run a benchmark's main coroutine on uvloop, with room for thousands of sockets."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 8192)), hard))  # children inherit
-    uvloop.run(main_async(args))
+    uvloop.run(main)
 
 
 if __name__ == "__main__":

@@ -95,7 +95,7 @@ def setup_access_log(workdir: Path) -> None:
 async def main_async(requests: int) -> None:
     workdir = Path(tempfile.mkdtemp(prefix="relaygate-stages-"))
     runtime = load_runtime(gateway_config(workdir, 9))  # never started: nothing is sent
-    Telemetry(lambda: 0).attach(runtime, None)  # as the app does: the metrics registry
+    Telemetry(lambda: 0, lambda: runtime).attach(runtime, None)  # as the app does: the metrics registry
     setup_access_log(workdir)
     print("hook implementations per stage:", {k: len(v) for k, v in runtime.chain.stages.items()})
     await one_batch(runtime, 2000)  # warm-up

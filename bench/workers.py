@@ -15,13 +15,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import resource
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
-import uvloop
 from loadgen import run_load
 from run import (
     HOST,
@@ -32,6 +30,7 @@ from run import (
     processes,
     relaygate_argv,
     request_bytes,
+    run_bench,
     spawn,
     start_mock,
     wait_ready,
@@ -113,10 +112,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=64)
     parser.add_argument("--duration", type=float, default=3.0)
     parser.add_argument("--rounds", type=int, default=3)
-    args = parser.parse_args()
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 8192)), hard))
-    uvloop.run(main_async(args))
+    run_bench(main_async(parser.parse_args()))
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ import orjson
 
 from .builtin.accesslog import LineWriter
 from .errors import ConfigError
+from .limits.config import unshared_limits
 from .plugins import describe, make_plugin_manager
 from .server.runtime import Runtime, load_runtime
 from .telemetry.names import MULTIPROC_ENV
@@ -79,7 +80,9 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_worker(path: str, host: str, port: int, reuse_port: bool, runtime: Runtime | None) -> None:
+def _run_worker(
+    path: str, host: str, port: int, reuse_port: bool, runtime: Runtime | None, workers: int = 1
+) -> None:
     from .server.app import create_app
     from .server.listener import serve
 
@@ -89,7 +92,7 @@ def _run_worker(path: str, host: str, port: int, reuse_port: bool, runtime: Runt
         uvloop = None  # type: ignore[assignment]
     if uvloop is not None:
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    app = create_app(path, runtime=runtime, handle_sighup=True, drain_on_signals=True)
+    app = create_app(path, runtime=runtime, handle_sighup=True, drain_on_signals=True, workers=workers)
     serve(
         app,
         host=host,
@@ -113,6 +116,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "add client keys or bind to 127.0.0.1",
             file=sys.stderr,
         )
+        return 1
+    problem = unshared_limits(runtime.config.has_limits, runtime.config.state.redis, args.workers)
+    if problem is not None:
+        print(f"relaygate: refusing to start: {problem}", file=sys.stderr)
         return 1
     if args.workers <= 1:
         # One process keeps its metrics in memory: a directory inherited from the
@@ -145,7 +152,7 @@ def _fork_workers(args: argparse.Namespace, host: str, port: int, metrics_dir: s
         pid = os.fork()
         if pid == 0:
             try:
-                _run_worker(args.config, host, port, True, None)
+                _run_worker(args.config, host, port, True, None, args.workers)
             finally:
                 os._exit(0)
         children.append(pid)

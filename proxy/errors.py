@@ -101,28 +101,28 @@ class ConfigError(Exception):
 class InvalidRequest(GatewayError):
     status = 400
     type = "invalid_request_error"
-    error_type = "client_bad_request"
+    error_type: ErrorType = "client_bad_request"
 
 
 class AuthenticationFailed(GatewayError):
     status = 401
     type = "invalid_request_error"
     default_code = "invalid_api_key"
-    error_type = "client_auth"
+    error_type: ErrorType = "client_auth"
 
 
 class PermissionDenied(GatewayError):
     status = 403
     type = "invalid_request_error"
     default_code = "model_not_allowed"
-    error_type = "client_permission"
+    error_type: ErrorType = "client_permission"
 
 
 class NotFound(GatewayError):
     status = 404
     type = "invalid_request_error"
     default_code = "not_found"
-    error_type = "client_not_found"
+    error_type: ErrorType = "client_not_found"
 
 
 class UnknownURL(NotFound):
@@ -142,14 +142,14 @@ class MethodNotAllowed(GatewayError):
     status = 405
     type = "invalid_request_error"
     default_code = "method_not_allowed"
-    error_type = "client_bad_request"
+    error_type: ErrorType = "client_bad_request"
 
 
 class PayloadTooLarge(GatewayError):
     status = 413
     type = "invalid_request_error"
     default_code = "request_too_large"
-    error_type = "client_too_large"
+    error_type: ErrorType = "client_too_large"
 
 
 # ---------------------------------------------------------------- upstream trouble
@@ -162,20 +162,20 @@ class UpstreamError(GatewayError):
     type = "server_error"
     default_code = "upstream_error"
     retryable = True
-    error_type = "upstream_error"
+    error_type: ErrorType = "upstream_error"
 
 
 class UpstreamUnavailable(UpstreamError):
     status = 503
     default_code = "upstream_unavailable"
-    error_type = "upstream_unavailable"
+    error_type: ErrorType = "upstream_unavailable"
 
 
 class UpstreamTimeout(UpstreamError):
     status = 504
     type = "timeout"
     default_code = "upstream_timeout"
-    error_type = "upstream_timeout"
+    error_type: ErrorType = "upstream_timeout"
 
 
 class RateLimited(UpstreamError):
@@ -184,7 +184,7 @@ class RateLimited(UpstreamError):
     status = 429
     type = "rate_limit_error"
     default_code = "rate_limit_exceeded"
-    error_type = "upstream_rate_limited"
+    error_type: ErrorType = "upstream_rate_limited"
 
 
 # ---------------------------------------------------------------- the gateway's own limits (429)
@@ -230,7 +230,7 @@ class UpstreamCapacityExceeded(GatewayError):
     status = 429
     type = "rate_limit_error"
     default_code = "upstream_capacity_exceeded"
-    error_type = "upstream_capacity"
+    error_type: ErrorType = "upstream_capacity"
 
 
 # ---------------------------------------------------------------- the gateway itself

@@ -31,6 +31,17 @@ from .upstream.provider import Provider
 T = TypeVar("T")
 
 
+def split_at(data: bytes, cuts: Iterable[int]) -> list[bytes]:
+    """`data` cut at the given offsets (taken modulo its length): network reads, for fuzz tests."""
+    points = sorted({c % (len(data) + 1) for c in cuts})
+    pieces, last = [], 0
+    for p in points:
+        pieces.append(data[last:p])
+        last = p
+    pieces.append(data[last:])
+    return [p for p in pieces if p]
+
+
 class FakeServer:
     """Run an aiohttp application on 127.0.0.1:<free port> in a thread of its own."""
 
@@ -255,6 +266,12 @@ class RedisServer:
     @property
     def url(self) -> str:
         return f"redis://{self.host}:{self.port}/0"
+
+    @property
+    def pid(self) -> int:
+        """The running server's process id (benchmarks read its CPU time)."""
+        assert self._proc is not None, "redis-server is not running"
+        return int(self._proc.pid)
 
     def start(self) -> RedisServer:
         import shutil

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
     from .config.load import Config, Route
     from .errors import ErrorType
+    from .limits.admission import Admission
     from .telemetry.tracing import CallTrace
     from .upstream.provider import Provider
 
@@ -57,8 +58,9 @@ class Guardrail:
 
 @dataclass(slots=True)
 class Usage:
-    prompt_tokens: int = 0
+    prompt_tokens: int = 0  # every input token, cached ones included (OpenAI's prompt_tokens)
     completion_tokens: int = 0
+    cached_tokens: int = 0  # of prompt_tokens, read from the provider's prompt cache
 
     @property
     def total_tokens(self) -> int:
@@ -90,6 +92,7 @@ class Target:
     options: Mapping[str, Any] = field(default_factory=dict)  # route target extras (endpoint_id, ...)
     headers: dict[str, str] = field(default_factory=dict)
     body_extra: dict[str, Any] = field(default_factory=dict)
+    weight: float = 1.0  # the route target's `weight` (strategy: weighted)
 
     @property
     def provider_name(self) -> str:
@@ -159,6 +162,8 @@ class Call:
     #: request to another target is here although the request went on.
     rejections: list[tuple[str, str]] = field(default_factory=list)
     cost_usd: float | None = None  # from the route's price, once the usage is known
+    #: What the limits reserved for this request (None: no limit applies); settled at the end.
+    admission: Admission | None = None
     error: str | None = None  # the error's code (or OpenAI type) for the access log
     error_type: ErrorType | None = None  # the closed set of proxy.errors; None on success
     body_dirty: bool = False

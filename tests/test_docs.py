@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import re
 from pathlib import Path
 
@@ -34,6 +35,23 @@ def test_every_hook_is_documented_for_plugin_authors() -> None:
     assert not missing, f"hooks missing from docs/plugins.md: {missing}"
     stale = sorted(headings - set(declared_hooks()))
     assert not stale, f"docs/plugins.md documents hooks that do not exist: {stale}"
+
+
+def test_every_hook_is_documented_with_its_arguments() -> None:
+    """The signature under each hook's heading names the spec's arguments, in order."""
+    text = (ROOT / "docs" / "plugins.md").read_text()
+    sections = re.split(r"^### ", text, flags=re.MULTILINE)[1:]
+    documented = {}
+    for section in sections:
+        name = re.match(r"`(\w+)`", section)
+        if name is None:
+            continue
+        call = re.search(rf"`{name[1]}\(([^)]*)\)", section)
+        assert call is not None, f"docs/plugins.md: no `{name[1]}(...)` signature under its heading"
+        documented[name[1]] = [a.strip() for a in call[1].split(",") if a.strip()]
+    for name in declared_hooks():
+        spec = list(inspect.signature(getattr(hookspecs, name)).parameters)
+        assert documented.get(name) == spec, f"{name}: docs say {documented.get(name)}, the spec takes {spec}"
 
 
 def test_every_hook_has_a_docstring() -> None:

@@ -101,13 +101,19 @@ def test_sniff_image(data: bytes, expected: str | None) -> None:
     "addr",
     ["127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "100.64.0.1", "0.0.0.0",
      "::1", "fe80::1", "fd00:ec2::254", "::ffff:127.0.0.1", "::ffff:169.254.169.254", "2002:7f00:1::1",
-     "224.0.0.1", "255.255.255.255"],
+     "224.0.0.1", "255.255.255.255",
+     # S7: every embedded-IPv4 form, and the IPv6 ranges Python's tables may not know
+     "64:ff9b::a9fe:a9fe", "64:ff9b::7f00:1", "64:ff9b:1::a9fe:a9fe", "64:ff9b:1::808:808",
+     "::a9fe:a9fe", "::808:808", "::ffff:0:a9fe:a9fe", "::ffff:0:808:808", "2001:0:4136:e378:8000:63bf:56fe:5ef6",
+     "fec0::1", "3fff::1", "5f00::1", "2001:db8::1", "100::1", "fe80::1%1"],
 )
 def test_private_addresses_are_refused(addr: str) -> None:
     assert not is_public_address(ipaddress.ip_address(addr))
 
 
-@pytest.mark.parametrize("addr", ["8.8.8.8", "1.1.1.1", "2606:4700:4700::1111", "::ffff:8.8.8.8"])
+@pytest.mark.parametrize(
+    "addr", ["8.8.8.8", "1.1.1.1", "2606:4700:4700::1111", "::ffff:8.8.8.8", "64:ff9b::808:808", "2002:808:808::1"]
+)
 def test_public_addresses_pass(addr: str) -> None:
     assert is_public_address(ipaddress.ip_address(addr))
 

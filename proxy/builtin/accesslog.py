@@ -41,6 +41,8 @@ def log_request(call: Call) -> None:
         "ttfb_ms": round((call.first_byte - call.started) * 1e3, 3) if call.first_byte else None,
         "tokens_in": usage.prompt_tokens if usage else None,
         "tokens_out": usage.completion_tokens if usage else None,
+        "tokens_cached": usage.cached_tokens if usage else None,
+        "cost_usd": call.cost_usd,
         "fallbacks": call.fallbacks,
         "error": call.error,
         "error_type": call.error_type,  # the closed set of proxy.errors, as the metrics count it

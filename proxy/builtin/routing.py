@@ -25,6 +25,7 @@ def route(call: Call) -> list[Target] | None:
                     route=rule,
                     guardrail=rule.guardrail,
                     options=spec.options,
+                    weight=spec.weight,
                 )
                 for spec in rule.targets
             ]

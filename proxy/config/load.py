@@ -19,6 +19,19 @@ from urllib.parse import urlsplit
 import yaml
 
 from ..errors import ConfigError
+from ..limits.config import (
+    Budget,
+    Limits,
+    Price,
+    ProviderPolicy,
+    Strategy,
+    read_budget,
+    read_limits,
+    read_price,
+    read_provider_policy,
+    read_strategy,
+    read_weight,
+)
 from ..telemetry.settings import TelemetrySettings, parse_telemetry
 from ..types import RESPONSES, Guardrail
 from ..upstream.provider import Provider, ProviderRef, resolve_provider
@@ -36,6 +49,8 @@ class ClientKey:
     name: str
     digest: bytes  # sha256 of the key; the key itself is not kept
     models: tuple[str, ...] | None
+    limits: Limits | None = None
+    budget: Budget | None = None
 
 
 @dataclass(slots=True, frozen=True)
@@ -43,6 +58,7 @@ class TargetSpec:
     provider: str
     model: str | None  # None: the client's model name; may contain "{model}"
     options: Mapping[str, Any]
+    weight: float = 1.0  # share of first attempts under `strategy: weighted`
 
 
 @dataclass(slots=True, frozen=True)
@@ -51,6 +67,10 @@ class Route:
     targets: tuple[TargetSpec, ...]
     guardrail: Guardrail | None
     line: int
+    limits: Limits | None = None  # the model, all keys together
+    price: Price | None = None
+    default_max_tokens: int | None = None  # the output estimate when a request sets none
+    strategy: Strategy = "fallback"
 
     @property
     def is_glob(self) -> bool:
@@ -87,6 +107,8 @@ class ServerSettings:
     keepalive_timeout: float = 75.0  # seconds an idle keep-alive connection is kept
     body_timeout: float = 60.0  # seconds to receive a request's body, once its headers are in
     cors: CorsSettings | None = None
+    #: Seconds a client may take to accept more of a response before it is dropped.
+    write_timeout: float = 60.0
 
 
 @dataclass(slots=True, frozen=True)
@@ -119,10 +141,21 @@ class Config:
     plugins_block: tuple[str, ...] = ()
     plugins_only: tuple[str, ...] | None = None
     keys_by_digest: dict[bytes, ClientKey] = field(default_factory=dict)
+    #: `limits`, `retries`, `breaker` per provider name (only providers that set one).
+    provider_policies: dict[str, ProviderPolicy] = field(default_factory=dict)
 
     @property
     def open(self) -> bool:
         return self.clients is None
+
+    @property
+    def has_limits(self) -> bool:
+        """Whether any `limits:` or `budget:` is set: counters that N processes must share."""
+        return (
+            any(k.limits or k.budget for k in self.clients or ())
+            or any(r.limits for r in self.routes)
+            or any(p.limits for p in self.provider_policies.values())
+        )
 
 
 # ---------------------------------------------------------------- YAML with lines
@@ -262,6 +295,7 @@ def _server(opts: Options) -> ServerSettings:
     s.body_timeout = opts.number("body_timeout", s.body_timeout, minimum=0.01)
     if "cors" in opts:
         s.cors = _cors(opts.block("cors"))
+    s.write_timeout = opts.number("write_timeout", s.write_timeout, minimum=0.001)
     opts.check_unused()
     return s
 
@@ -328,8 +362,9 @@ def _clients(opts: Options, problems: list[str]) -> tuple[ClientKey, ...]:
                     raise item.error("key_sha256", "expected 64 hex digits (sha256 of the key)")
                 digest = bytes.fromhex(hexdigest)
             models = item.str_list("models", None)
+            limits, budget = read_limits(item), read_budget(item)
             item.check_unused()
-            keys.append(ClientKey(name, digest, tuple(models) if models is not None else None))
+            keys.append(ClientKey(name, digest, tuple(models) if models is not None else None, limits, budget))
         except ConfigError as exc:
             problems.extend(exc.problems)
     return tuple(keys)
@@ -376,9 +411,10 @@ def _targets(raw: Any, opts: Options, providers: Mapping[str, Provider]) -> tupl
             known = ", ".join(sorted(providers)) or "none"
             raise t.error("provider", f"unknown provider {name!r} (defined: {known})")
         model = t.str("model", None)
+        weight = read_weight(t)
         extras = provider.target_options(t)
         t.check_unused()
-        specs.append(TargetSpec(name, model, extras))
+        specs.append(TargetSpec(name, model, extras, weight))
     return tuple(specs)
 
 
@@ -406,15 +442,23 @@ def _routes(raw: Any, root: Options, providers: Mapping[str, Provider], problems
                             f"provider {spec.provider!r} (type {providers[spec.provider].type}) "
                             "cannot apply guardrails",
                         )
+            limits, price, strategy = read_limits(opts), read_price(opts), read_strategy(opts)
+            default_max_tokens = opts.int("default_max_tokens", None, minimum=1)
             opts.check_unused()
             line = int(root._locate(("routes", i)).rsplit(":", 1)[1])
-            routes.append(Route(pattern, targets, guardrail, line))
+            routes.append(Route(pattern, targets, guardrail, line, limits, price, default_max_tokens, strategy))
         except ConfigError as exc:
             problems.extend(exc.problems)
     return tuple(routes)
 
 
-def _providers(raw: Any, root: Options, types: Mapping[str, ProviderRef], problems: list[str]) -> dict[str, Provider]:
+def _providers(
+    raw: Any,
+    root: Options,
+    types: Mapping[str, ProviderRef],
+    problems: list[str],
+    policies: dict[str, ProviderPolicy],
+) -> dict[str, Provider]:
     if raw is None:
         return {}
     if not isinstance(raw, dict):
@@ -426,6 +470,9 @@ def _providers(raw: Any, root: Options, types: Mapping[str, ProviderRef], proble
             if not isinstance(block, dict):
                 raise opts.error(None, "expected a mapping with a type")
             kind = opts.str("type")
+            policy = read_provider_policy(opts)  # core keys, before the class reads its own
+            if policy != ProviderPolicy():
+                policies[str(name)] = policy
             ref = types.get(kind)
             if ref is None:
                 known = ", ".join(sorted(types)) or "none"
@@ -495,7 +542,8 @@ def load_config(source: str | Path | Document, provider_types: Mapping[str, Prov
     telemetry = section(parse_telemetry, root.block("telemetry")) or TelemetrySettings()
     responses = section(_responses, root.block("responses")) or ResponsesSettings()
     clients = section(_clients, root.block("clients"), problems) if data.get("clients") is not None else None
-    providers = section(_providers, data.get("providers"), root, provider_types, problems) or {}
+    policies: dict[str, ProviderPolicy] = {}
+    providers = section(_providers, data.get("providers"), root, provider_types, problems, policies) or {}
     routes = section(_routes, data.get("routes"), root, providers, problems) or ()
     selection = section(plugin_selection, doc) or ((), None)
     if problems:
@@ -511,6 +559,7 @@ def load_config(source: str | Path | Document, provider_types: Mapping[str, Prov
         responses=responses,
         plugins_block=selection[0],
         plugins_only=selection[1],
+        provider_policies=policies,
     )
     if clients is not None:
         config.keys_by_digest = {k.digest: k for k in clients}

@@ -118,7 +118,7 @@ class Options:
 
     def secret(self, key: builtins.str, *, env: builtins.str | None = None) -> builtins.str | None:
         """A credential from the block, else from `env`; never echoed in errors."""
-        value = self._get(key, None, (str,), "a string")
+        value: builtins.str | None = self._get(key, None, (str,), "a string")
         if value is None and env:
             value = os.environ.get(env) or None
         return value

@@ -17,6 +17,7 @@ from pathlib import Path
 from aiohttp import web
 
 from ..errors import ConfigError, MethodNotAllowed
+from ..limits.config import unshared_limits
 from ..responses import add_routes as add_responses_routes
 from ..telemetry import Telemetry
 from ..types import CHAT, COMPLETIONS, EMBEDDINGS
@@ -33,14 +34,17 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 class GatewayState:
     """App state: the current runtime and how to reload it. Lives under `STATE`."""
 
-    def __init__(self, config_path: str | Path, extra_plugins: Iterable[tuple[str, object]] = ()) -> None:
+    def __init__(
+        self, config_path: str | Path, extra_plugins: Iterable[tuple[str, object]] = (), workers: int = 1
+    ) -> None:
         self.config_path = str(config_path)
         self.extra_plugins = tuple(extra_plugins)
+        self.workers = workers  # processes serving this config (`--workers`): limits need Redis then
         self.runtime: Runtime | None = None
         self._reload_lock = asyncio.Lock()
         self._retiring: set[asyncio.Task[None]] = set()
         self.drain = operations.Drain()
-        self.telemetry = Telemetry(self.drain.count)
+        self.telemetry = Telemetry(self.drain.count, lambda: self.runtime)
         #: Whether answers get CORS headers (decided at start-up, when the app's hooks freeze).
         self.cors_hooked = False
 
@@ -75,6 +79,9 @@ class GatewayState:
         async with self._reload_lock:
             try:
                 runtime = await asyncio.to_thread(load_runtime, self.config_path, self.extra_plugins)
+                problem = unshared_limits(runtime.config.has_limits, runtime.config.state.redis, self.workers)
+                if problem is not None:
+                    raise ConfigError(problem)
                 await self._start(runtime, self.runtime)
             except ConfigError as exc:
                 log.error("reload of %s refused, keeping the running config:\n%s", self.config_path, exc)
@@ -130,6 +137,7 @@ def create_app(
     runtime: Runtime | None = None,
     handle_sighup: bool = False,
     drain_on_signals: bool = False,
+    workers: int = 1,
 ) -> web.Application:
     """The gateway app. `runtime` is a pre-loaded config (the CLI validates before binding).
 
@@ -137,7 +145,7 @@ def create_app(
     (`proxy.server.operations.Drain`), replacing the handlers of aiohttp's runner (the CLI).
     """
     app = web.Application(client_max_size=1 << 40)  # the body limit is checked per route, from config
-    gateway = GatewayState(config_path, extra_plugins)
+    gateway = GatewayState(config_path, extra_plugins, workers)
     app[STATE] = gateway
     fwd = Forwarder(gateway)
 

@@ -27,10 +27,10 @@ from ..errors import (
     PermissionDenied,
     ShuttingDown,
     UnknownURL,
-    is_retryable,
 )
-from ..types import MODELS, PASSTHROUGH, UNMATCHED, Attempt, Call, Client, Reply, Target
-from . import cors, passthrough
+from ..types import MODELS, PASSTHROUGH, UNMATCHED, Call, Client, Reply
+from . import attempts, cors, passthrough
+from .attempts import Send, send_to_provider
 from .body import check_body, duplicates_model, nested_too_deeply, parse_json, read_body
 from .replies import error_response, request_id_of
 from .runtime import Runtime
@@ -41,16 +41,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("relaygate")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Work = Callable[[web.Request, Runtime, Call], Awaitable[web.StreamResponse]]
-#: One upstream attempt: `provider.send` itself, or what wraps it (a translation, a span).
-Send = Callable[[Call, Target], Awaitable[Reply]]
+__all__ = ["Forwarder", "Plan", "Send", "send_to_provider"]
 #: Prepares a model call after `rewrite_request` and picks how its attempts are sent
 #: (the Responses API translates per target).
 Plan = Callable[[Runtime, Call], Awaitable[Send]]
-
-
-async def send_to_provider(call: Call, target: Target) -> Reply:
-    """The plain attempt: the target's provider sends the call as it is."""
-    return await target.provider.send(call, target)
 
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
@@ -98,9 +92,12 @@ class Forwarder:
                     err = GatewayError("The gateway failed to process the request.", code="internal_error")
                 return await self._fail(request, call, err)
             finally:
-                await self._log(runtime, call)
-                runtime.leave()
-                self.gateway.drain.untrack(task)
+                try:
+                    await self._finish(runtime, call)  # may be cancelled if the client has gone: log anyway
+                finally:
+                    await self._log(runtime, call)
+                    runtime.leave()
+                    self.gateway.drain.untrack(task)
 
         return handle
 
@@ -232,43 +229,10 @@ class Forwarder:
     async def _attempt(
         self, runtime: Runtime, call: Call, send: Send = send_to_provider
     ) -> tuple[Reply, bytes | None]:
-        candidates = [t for t in call.targets if t.provider.serves(call.endpoint)]
-        if not candidates:
-            raise InvalidRequest(
-                f"The model '{call.model}' does not support /v1/{call.path}.",
-                param="model",
-                code="unsupported_endpoint",
-            )
+        """Limits, strategy, breaker, retries and fallbacks: `proxy.server.attempts`."""
         if runtime.tracing is not None:
-            send = runtime.tracing.wrap(send)
-        last = len(candidates) - 1
-        for i, target in enumerate(candidates):
-            call.target = target
-            attempt = Attempt(target.provider_name, target.model)
-            call.attempts.append(attempt)
-            try:
-                await runtime.chain.inject_guardrails(call, target)
-                reply = await send(call, target)
-                first = await _first_chunk(reply) if reply.stream is not None else None
-                attempt.ended = time.perf_counter()
-                attempt.status = reply.status
-                return reply, first
-            except GatewayError as exc:
-                attempt.ended = time.perf_counter()
-                attempt.status = exc.status
-                attempt.error_type = exc.error_type
-                if i == last or not is_retryable(exc):
-                    raise
-                call.fallbacks.append(f"{target.provider_name}: HTTP {exc.status} {exc.code or exc.type}")
-                log.warning(
-                    "request %s: provider %s failed (HTTP %s %s); falling back to %s",
-                    call.request_id,
-                    target.provider_name,
-                    exc.status,
-                    exc.code,
-                    candidates[i + 1].provider_name,
-                )
-        raise AssertionError("unreachable")
+            send = runtime.tracing.wrap(send)  # a span per attempt
+        return await attempts.attempt(runtime, call, send)
 
     # -------------------------------------------------------------- responses
 
@@ -288,10 +252,18 @@ class Forwarder:
         try:
             await sresp.prepare(request)
             call.first_byte = time.perf_counter()
+            timeout = call.config.server.write_timeout
             if first:
-                await sresp.write(first)
+                await _write(request, sresp, first, timeout)
             async for chunk in stream:
-                await sresp.write(chunk)
+                await _write(request, sresp, chunk, timeout)
+        except ClientTooSlow:
+            log.warning("request %s: the client took over %g s to accept more; dropped", call.request_id, timeout)
+            call.error = "client_write_timeout"
+            call.error_type = CLIENT_DISCONNECTED
+            if request.transport is not None:
+                request.transport.abort()
+            return sresp
         except ConnectionResetError:
             # The client left: closing the stream (below) closes the upstream request.
             call.error = "client_disconnected"
@@ -327,6 +299,12 @@ class Forwarder:
         call.error = exc.code or exc.type
         call.error_type = exc.error_type
         return await _send(request, error_response(exc, call.request_id), call)
+
+    async def _finish(self, runtime: Runtime, call: Call) -> None:
+        try:
+            await attempts.finish(runtime, call)
+        except Exception:
+            log.exception("request %s: settling its limits failed", call.request_id)
 
     async def _log(self, runtime: Runtime, call: Call) -> None:
         try:
@@ -375,15 +353,25 @@ def _shutting_down() -> ShuttingDown:
     return ShuttingDown("The gateway is shutting down and could not finish this request in time; retry it.")
 
 
-async def _first_chunk(reply: Reply) -> bytes:
-    assert reply.stream is not None
+class ClientTooSlow(Exception):
+    """The client did not take the next bytes within `server.write_timeout`."""
+
+
+#: Below this many bytes queued towards the client a write cannot block: no timer is armed.
+_WRITE_QUEUE = 1 << 16
+
+
+async def _write(request: web.Request, sresp: web.StreamResponse, chunk: bytes, timeout: float) -> None:
+    """Write one chunk; a client that stops reading is dropped after `timeout` seconds."""
+    transport = request.transport
+    if transport is None or transport.get_write_buffer_size() + len(chunk) <= _WRITE_QUEUE:
+        await sresp.write(chunk)
+        return
     try:
-        return await anext(reply.stream)
-    except StopAsyncIteration:
-        return b""
-    except BaseException:
-        await reply.stream.aclose()
-        raise
+        async with asyncio.timeout(timeout):
+            await sresp.write(chunk)
+    except TimeoutError:
+        raise ClientTooSlow from None
 
 
 def _new_call(request: web.Request, runtime: Runtime, endpoint: str) -> Call:

@@ -18,10 +18,12 @@ from typing import TYPE_CHECKING
 import pluggy
 
 from ..config.load import Config, Document, Route, load_config, plugin_selection
+from ..limits.admission import Limiter
 from ..plugins import make_plugin_manager, provider_types
 from ..state import MemoryStore, Store, open_store
 from ..types import Client, ModelInfo
 from .chain import Chain
+from .resilience import Health
 
 if TYPE_CHECKING:
     from ..telemetry.metrics import Metrics
@@ -55,10 +57,21 @@ class Runtime:
     state: Store = field(default_factory=MemoryStore)
     #: Whether `close` closes `state` (false while a runtime that carried it over lives on).
     owns_state: bool = True
+    #: The config's limits over `state`'s counters (None: no limit configured); set by `start`.
+    limiter: Limiter | None = None
+    #: Each provider's breaker and requests in flight (per process; carried over reloads).
+    health: Health = field(init=False)
     #: Set by the app's `Telemetry` from `telemetry:`; None when off (nothing is counted or traced).
     metrics: Metrics | None = None
     tracing: Tracing | None = None
     _drained: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __post_init__(self) -> None:
+        self.health = Health(self.config)
+
+    def breaker_open(self, provider: str) -> bool:
+        """Whether `provider`'s circuit breaker is open or half-open (the breaker gauge reads this)."""
+        return self.health.breaker_open(provider)
 
     # -------------------------------------------------------------- lifecycle
 
@@ -75,6 +88,9 @@ class Runtime:
         else:
             self.state = open_store(settings.redis, settings.on_error)  # type: ignore[arg-type]
             self.owns_state = True
+        if previous is not None:
+            self.health = Health(self.config, previous.health)
+        self.limiter = Limiter(self.config, self.state) if self.config.has_limits else None
         started = []
         try:
             for provider in self.config.providers.values():

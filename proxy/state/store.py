@@ -12,7 +12,10 @@ import asyncio
 import logging
 import time
 from abc import ABC, abstractmethod
-from typing import TYPE_CHECKING, Literal
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar
+
+from .resp import RespClient, RespError
 
 if TYPE_CHECKING:
     import redis.asyncio
@@ -21,6 +24,13 @@ log = logging.getLogger("relaygate.state")
 
 OnError = Literal["allow", "deny"]
 PREFIX = "relaygate:"
+
+
+class Attachment(Protocol):
+    async def close(self) -> None: ...
+
+
+A = TypeVar("A", bound=Attachment)
 
 
 class StateUnavailable(Exception):
@@ -38,6 +48,7 @@ class Store(ABC):
         #: Outages seen so far (a metric; one per transition from up to down).
         self.outages = 0
         self._down = False
+        self._attachments: dict[str, Any] = {}
 
     @abstractmethod
     async def get(self, key: str) -> bytes | None: ...
@@ -48,8 +59,22 @@ class Store(ABC):
     @abstractmethod
     async def delete(self, key: str) -> bool: ...
 
-    async def close(self) -> None:  # noqa: B027  # a no-op is right for the in-process store
-        """Release connections (the in-process store has none)."""
+    def attachment(self, name: str, make: Callable[[Store], A]) -> A:
+        """The store's companion `name` (e.g. limit counters), made on first use.
+
+        It lives as long as the store, so it is carried over reloads with it, and is
+        closed with it.
+        """
+        found = self._attachments.get(name)
+        if found is None:
+            found = self._attachments[name] = make(self)
+        return found
+
+    async def close(self) -> None:
+        """Close the attachments, then release connections (the in-process store has none)."""
+        attachments, self._attachments = self._attachments, {}
+        for item in attachments.values():
+            await item.close()
 
     @property
     def down(self) -> bool:
@@ -110,18 +135,30 @@ class RedisStore(Store):
 
     shared = True
 
-    def __init__(self, url: str, on_error: OnError = "allow", *, timeout: float = 1.0) -> None:
+    def __init__(
+        self, url: str, on_error: OnError = "allow", *, timeout: float = 1.0, max_connections: int = 64
+    ) -> None:
         super().__init__(on_error)
         import redis.asyncio  # the dependency is imported only where a config uses Redis
 
         self.url = url
-        self.redis: redis.asyncio.Redis = redis.asyncio.Redis.from_url(
+        # A bounded pool that queues: a burst of requests waits for a connection rather
+        # than failing (redis-py's default pool raises past 100), and Redis never sees
+        # thousands of connections from one process.
+        pool = redis.asyncio.BlockingConnectionPool.from_url(
             url,
+            max_connections=max_connections,
+            timeout=5.0,
             socket_connect_timeout=timeout,
             socket_timeout=timeout,
             health_check_interval=30,
         )
-        self._errors: tuple[type[BaseException], ...] = (redis.exceptions.RedisError, OSError, asyncio.TimeoutError)
+        self.redis: redis.asyncio.Redis = redis.asyncio.Redis.from_pool(pool)
+        #: The hot path's client (limit admission and settlement): one pipelined connection.
+        self.fast = RespClient(url, timeout=timeout)
+        self._errors: tuple[type[BaseException], ...] = (
+            redis.exceptions.RedisError, OSError, asyncio.TimeoutError, RespError,
+        )  # fmt: skip
 
     @property
     def errors(self) -> tuple[type[BaseException], ...]:
@@ -135,7 +172,7 @@ class RedisStore(Store):
             self.mark_down(exc)
             raise StateUnavailable(str(type(exc).__name__)) from exc
         self.mark_up()
-        return value  # type: ignore[no-any-return]
+        return value if value is None or isinstance(value, bytes) else str(value).encode()
 
     async def set(self, key: str, value: bytes, ttl: float) -> None:
         try:
@@ -155,6 +192,8 @@ class RedisStore(Store):
         return bool(deleted)
 
     async def close(self) -> None:
+        await super().close()
+        await self.fast.close()
         await self.redis.aclose()
 
 

@@ -23,8 +23,9 @@ log = logging.getLogger("relaygate")
 
 
 class Telemetry:
-    def __init__(self, inflight: Callable[[], int]) -> None:
+    def __init__(self, inflight: Callable[[], int], current: Callable[[], Runtime | None]) -> None:
         self._inflight = inflight
+        self._current = current
         self.metrics: Metrics | None = None
         self._flusher: asyncio.TimerHandle | None = None
 
@@ -36,6 +37,7 @@ class Telemetry:
                 from .metrics import Metrics
 
                 self.metrics = Metrics(self._inflight)
+                self.metrics.breaker_source = self._breakers
                 if self.metrics.multiprocess_dir is not None:
                     self._schedule_flush()
             self.metrics.configure(runtime.config)
@@ -56,6 +58,13 @@ class Telemetry:
         if tracing is not None and (current is None or current.tracing is not tracing):
             runtime.tracing = None
             await tracing.close()
+
+    def _breakers(self) -> dict[str, bool]:
+        """Each provider's breaker in the config serving now: open (or half-open) or not."""
+        runtime = self._current()
+        if runtime is None:
+            return {}
+        return {name: runtime.breaker_open(name) for name in runtime.config.providers}
 
     def reloaded(self, ok: bool) -> None:
         if self.metrics is not None:

@@ -30,7 +30,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from ..config.load import Config
-from ..types import Call, Usage
+from ..types import Call
 from .names import ANONYMOUS, MULTIPROC_ENV, OPERATIONS, UNMATCHED
 
 RELOAD_RESULTS = ("success", "failure")
@@ -199,7 +199,7 @@ class Metrics:
             if tokens is None:
                 tokens = self._tokens[tkey] = [0, 0, 0, 0.0]
             if usage is not None:
-                cached = _cached(usage)
+                cached = usage.cached_tokens  # a part of prompt_tokens
                 tokens[0] += usage.prompt_tokens - cached
                 tokens[1] += usage.completion_tokens
                 tokens[2] += cached
@@ -291,12 +291,6 @@ class _GenAI:
         self.ttft = _Buckets(TTFT_BUCKETS)
         self.input = _Buckets(TOKEN_BUCKETS)
         self.output = _Buckets(TOKEN_BUCKETS)
-
-
-def _cached(usage: Usage) -> int:
-    """Cached input tokens, where the usage reports them (a part of `prompt_tokens`)."""
-    cached = getattr(usage, "cached_tokens", 0)
-    return cached if isinstance(cached, int) and 0 < cached <= usage.prompt_tokens else 0
 
 
 class _AllWorkers:

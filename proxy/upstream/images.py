@@ -12,17 +12,24 @@ Size and time are capped; failures are `InvalidRequest`s that say what went wron
 from __future__ import annotations
 
 import asyncio
+import base64
 import ipaddress
 import socket
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 import aiohttp
 from yarl import URL
 
+from ..config.options import Options
 from ..errors import InvalidRequest
 
 MAX_REDIRECTS = 3
 DEFAULT_MAX_BYTES = 5 * 1024 * 1024
 DEFAULT_TIMEOUT = 10.0
+DEFAULT_MAX_IMAGES = 16
+#: Fetches of one request running at once (the rest wait their turn).
+CONCURRENCY = 4
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -44,18 +51,45 @@ def sniff_image(data: bytes) -> str | None:
     return None
 
 
+#: IPv6 ranges refused outright: NAT64 local-use (its IPv4 sits at a prefix-dependent
+#: place), deprecated site-local, documentation (old and new), SRv6 SIDs, discard-only.
+_DENIED_V6 = tuple(
+    ipaddress.IPv6Network(net)
+    for net in ("64:ff9b:1::/48", "fec0::/10", "3fff::/20", "2001:db8::/32", "5f00::/16", "100::/64")
+)
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+
+
+def embedded_ipv4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address carries, in any of the forms that reach one.
+
+    IPv4-mapped `::ffff:a.b.c.d`, IPv4-compatible `::a.b.c.d` (and so `::1`, `::`),
+    SIIT `::ffff:0:a.b.c.d`, NAT64 `64:ff9b::a.b.c.d`, 6to4 `2002:AABB:CCDD::` and Teredo.
+    """
+    value = int(ip)
+    high = value >> 32
+    if high in (0, 0xFFFF, 0xFFFF0000) or ip in _NAT64:
+        return ipaddress.IPv4Address(value & 0xFFFFFFFF)
+    return ip.sixtofour or (ip.teredo[1] if ip.teredo else None)
+
+
 def is_public_address(ip: IPAddress) -> bool:
     """True only for globally routable unicast addresses.
 
     `is_global` already excludes private, loopback, link-local (169.254.169.254, the
     cloud metadata address), shared (100.64/10), reserved and unspecified ranges and the
-    ULA range of AWS's IPv6 metadata address; IPv4 addresses hidden inside IPv6
-    (mapped, 6to4, Teredo) are checked as the IPv4 address they carry.
+    ULA range of AWS's IPv6 metadata address. An IPv4 address hidden inside IPv6 is
+    checked as the IPv4 address it carries, and `_DENIED_V6` is refused whatever the
+    Python version's tables say.
     """
     if isinstance(ip, ipaddress.IPv6Address):
-        inner = ip.ipv4_mapped or ip.sixtofour or (ip.teredo[1] if ip.teredo else None)
-        if inner is not None and not is_public_address(inner):
+        if ip.scope_id or any(ip in net for net in _DENIED_V6):
             return False
+        if int(ip) >> 32 in (0, 0xFFFF0000):
+            return False  # IPv4-compatible (deprecated) and SIIT: never a public destination
+        inner = embedded_ipv4(ip)
+        if inner is not None:
+            return is_public_address(inner) and (ip in _NAT64 or ip.is_global)
     return ip.is_global and not ip.is_multicast
 
 
@@ -110,7 +144,9 @@ async def _read_capped(resp: aiohttp.ClientResponse, max_bytes: int) -> bytes:
     return b"".join(parts)
 
 
-async def _connect(session: aiohttp.ClientSession, url: URL, addresses: list[IPAddress]) -> aiohttp.ClientResponse:
+async def _connect(
+    session: aiohttp.ClientSession, url: URL, addresses: list[IPAddress], proxy: URL | None
+) -> aiohttp.ClientResponse:
     """GET `url` from the first checked address that accepts a connection.
 
     The Host header and the TLS server name stay the URL's own, so virtual hosting and
@@ -123,7 +159,9 @@ async def _connect(session: aiohttp.ClientSession, url: URL, addresses: list[IPA
     for ip in addresses:
         pinned = url.with_host(str(ip)) if str(ip) != host else url
         try:
-            return await session.get(pinned, headers=headers, allow_redirects=False, **kwargs)  # type: ignore[arg-type]
+            return await session.get(
+                pinned, headers=headers, allow_redirects=False, proxy=proxy, **kwargs  # type: ignore[arg-type]
+            )
         except aiohttp.ClientSSLError:
             raise  # a certificate problem is not solved by another address
         except aiohttp.ClientConnectorError as exc:
@@ -132,13 +170,19 @@ async def _connect(session: aiohttp.ClientSession, url: URL, addresses: list[IPA
     raise last
 
 
-async def _fetch(session: aiohttp.ClientSession, url: URL, max_bytes: int, allow_private: bool) -> bytes:
+ProxyFor = Callable[[URL], "URL | None"]
+
+
+async def _fetch(
+    session: aiohttp.ClientSession, url: URL, max_bytes: int, allow_private: bool, proxy_for: ProxyFor | None
+) -> bytes:
     for _hop in range(MAX_REDIRECTS + 1):
         _check_url(url)
         assert url.host is not None  # _check_url
         port = url.explicit_port or (443 if url.scheme == "https" else 80)
         addresses = await _resolve(url.host, port, allow_private)
-        async with await _connect(session, url, addresses) as resp:
+        proxy = proxy_for(url) if proxy_for is not None else None
+        async with await _connect(session, url, addresses, proxy) as resp:
             if resp.status in (301, 302, 303, 307, 308):
                 location = resp.headers.get("Location")
                 if not location:
@@ -158,6 +202,7 @@ async def fetch_image(
     max_bytes: int = DEFAULT_MAX_BYTES,
     timeout: float = DEFAULT_TIMEOUT,
     allow_private: bool = False,
+    proxy_for: ProxyFor | None = None,
 ) -> tuple[bytes, str]:
     """Download an image for a provider that needs the bytes; returns (data, media type).
 
@@ -171,7 +216,7 @@ async def fetch_image(
     except (ValueError, TypeError) as exc:
         raise _bad("The image URL is not a valid URL.") from exc
     try:
-        data = await asyncio.wait_for(_fetch(session, parsed, max_bytes, allow_private), timeout)
+        data = await asyncio.wait_for(_fetch(session, parsed, max_bytes, allow_private, proxy_for), timeout)
     except TimeoutError as exc:
         raise _bad(f"Fetching the image URL took longer than {timeout:g} s.") from exc
     except aiohttp.ClientError as exc:
@@ -184,3 +229,70 @@ async def fetch_image(
             "The image URL did not return a PNG, JPEG, GIF or WebP image.", code="invalid_image_format"
         )
     return data, media_type
+
+
+@dataclass(slots=True, frozen=True)
+class ImagePolicy:
+    """What a provider may fetch for one request: one policy for Bedrock and Vertex.
+
+    Read from `fetch_images:` and the `image_fetch:` block (`max_bytes`, `timeout`,
+    `max_images`, `allow_private`).
+    """
+
+    enabled: bool = False
+    max_bytes: int = DEFAULT_MAX_BYTES
+    timeout: float = DEFAULT_TIMEOUT
+    max_images: int = DEFAULT_MAX_IMAGES
+    #: Fetch from private and loopback addresses too: for tests against loopback fakes,
+    #: or images deliberately served from a private network; never for the open internet.
+    allow_private: bool = False
+
+    @classmethod
+    def from_options(cls, options: Options, *, default: bool) -> ImagePolicy:
+        enabled = options.bool("fetch_images", default)
+        block = options.block("image_fetch")
+        policy = cls(
+            enabled=enabled,
+            max_bytes=block.int("max_bytes", DEFAULT_MAX_BYTES, minimum=1),
+            timeout=block.number("timeout", DEFAULT_TIMEOUT, minimum=0.1),
+            max_images=block.int("max_images", DEFAULT_MAX_IMAGES, minimum=1),
+            allow_private=block.bool("allow_private", False),
+        )
+        block.check_unused()
+        return policy
+
+
+async def fetch_images(
+    session: aiohttp.ClientSession, urls: Iterable[str], policy: ImagePolicy, proxy_for: ProxyFor | None = None
+) -> dict[str, tuple[bytes, str]]:
+    """Fetch each distinct URL once: {url: (data, media type)}.
+
+    A URL named many times is fetched once, more than `max_images` distinct URLs are
+    refused before anything is fetched, and at most `CONCURRENCY` fetches run at once.
+    """
+    distinct = list(dict.fromkeys(urls))
+    if len(distinct) > policy.max_images:
+        raise InvalidRequest(
+            f"The request has {len(distinct)} image URLs; the gateway fetches at most {policy.max_images} per request.",
+            param="messages",
+            code="too_many_images",
+        )
+    slots = asyncio.Semaphore(CONCURRENCY)
+
+    async def one(url: str) -> tuple[bytes, str]:
+        async with slots:
+            return await fetch_image(
+                session,
+                url,
+                max_bytes=policy.max_bytes,
+                timeout=policy.timeout,
+                allow_private=policy.allow_private,
+                proxy_for=proxy_for,
+            )
+
+    fetched = await asyncio.gather(*(one(url) for url in distinct))
+    return dict(zip(distinct, fetched, strict=True))
+
+
+def data_url(data: bytes, media_type: str) -> str:
+    return f"data:{media_type};base64,{base64.b64encode(data).decode()}"

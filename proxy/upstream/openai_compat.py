@@ -10,22 +10,24 @@ as they arrive and parses only what the log needs: the one usage object.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import AsyncGenerator, Callable, Mapping
 from typing import Any
 
 import orjson
 
+from ..config.load import parse_size
 from ..config.options import Options
 from ..errors import (
     GatewayError,
     error_for_status,
 )
 from ..types import CHAT, COMPLETIONS, EMBEDDINGS, PASSTHROUGH, RESPONSES, Call, ModelInfo, Reply, Target, Usage
-from . import lean
-from .provider import TRANSPORT_ERRORS, Provider
-from .sse import complete_events
+from .cache import TTLCache
+from .provider import Provider
+from .seam import Upstream
+from .sse import DEFAULT_MAX_EVENT, complete_events
+from .transport import Response
 
 log = logging.getLogger("relaygate.upstream")
 
@@ -55,11 +57,18 @@ def merge_headers(headers: Headers, more: Mapping[str, str]) -> Headers:
 
 
 def parse_usage(usage: Any) -> Usage | None:
+    """Chat/completions/embeddings usage, or the Responses API's (`input_tokens`, ...)."""
     if not isinstance(usage, dict):
         return None
-    prompt = usage.get("prompt_tokens", usage.get("input_tokens"))  # chat, or the Responses API
+    prompt = usage.get("prompt_tokens", usage.get("input_tokens"))
     completion = usage.get("completion_tokens", usage.get("output_tokens"))
-    return Usage(prompt if isinstance(prompt, int) else 0, completion if isinstance(completion, int) else 0)
+    details = usage.get("prompt_tokens_details") or usage.get("input_tokens_details")
+    cached = details.get("cached_tokens") if isinstance(details, dict) else None
+    return Usage(
+        prompt if isinstance(prompt, int) else 0,
+        completion if isinstance(completion, int) else 0,
+        cached if isinstance(cached, int) else 0,
+    )
 
 
 def openai_error_fields(body: bytes) -> tuple[str | None, str | None, str | None, str | None]:
@@ -88,11 +97,13 @@ class OpenAICompatibleProvider(Provider):
 
     endpoints = frozenset({CHAT, COMPLETIONS, EMBEDDINGS, PASSTHROUGH})
     supports_passthrough = True
-    uses_http = True
     default_base_url: str | None = None
+    #: None: this provider never fetches images; else the default of `fetch_images`.
+    fetch_images_default: bool | None = None
 
     def __init__(self, name: str, options: Options) -> None:
         super().__init__(name, options)
+        self.upstream = Upstream(name, options, images_default=self.fetch_images_default)
         self.base_url: str = options.url("base_url", self.default_base_url)
         self.api_key: str | None = options.secret("api_key")
         self.extra_headers: dict[str, str] = dict(options.str_map("headers", {}))
@@ -100,13 +111,18 @@ class OpenAICompatibleProvider(Provider):
         #: that reject `stream_options`.
         self.stream_usage: bool = options.bool("stream_usage", True)
         self.models_ttl: float = options.number("models_ttl", _MODELS_TTL)
-        self._models: list[ModelInfo] | None = None
-        self._models_at = -1e9
-        self._models_lock = asyncio.Lock()
+        #: A server-sent event larger than this ends the stream with an error.
+        self.max_event_size: int = max(1024, parse_size(options, "max_event_size", DEFAULT_MAX_EVENT))
+        self.models: TTLCache[list[ModelInfo]] = TTLCache(
+            self.models_ttl, [], what=f"provider {name}: model listing", errors=(GatewayError, ValueError)
+        )
         self._static_headers: Headers = {}
 
+    async def close(self) -> None:
+        await self.upstream.close()
+
     async def start(self) -> None:
-        await super().start()
+        await self.upstream.start()
         # Subclasses may add to extra_headers in __init__, so they are folded in here.
         self._static_headers = merge_headers({"accept-encoding": ("Accept-Encoding", "identity")}, self.extra_headers)
 
@@ -154,7 +170,7 @@ class OpenAICompatibleProvider(Provider):
             # anything (OpenAI quotes part of the key in its message).
             message = f"provider {self.name!r} rejected the gateway's credentials (upstream HTTP {status})"
             etype, param, code = None, None, "upstream_auth_failed"
-        elif status == 429:
+        elif status in (429, 503):  # both may say when to come back; retries honour it
             retry = headers.get("retry-after")
             if retry:
                 extra["retry-after"] = retry
@@ -165,28 +181,15 @@ class OpenAICompatibleProvider(Provider):
     # -------------------------------------------------------------- models
 
     async def list_models(self) -> list[ModelInfo] | None:
-        loop = asyncio.get_running_loop()
-        if loop.time() - self._models_at < self.models_ttl:
-            return self._models
-        async with self._models_lock:
-            if loop.time() - self._models_at < self.models_ttl:
-                return self._models
-            self._models = await self._fetch_models()
-            self._models_at = loop.time()
-        return self._models
+        return await self.models.get(self._fetch_models)
 
     async def _fetch_models(self) -> list[ModelInfo]:
-        try:
-            headers = merge_headers(self._static_headers.copy(), await self.auth_headers(None))
-            resp = await self.request("GET", f"{self.base_url}/models", headers.values())
-            if resp.status != 200:
-                resp.close()
-                log.warning("provider %s: model listing answered HTTP %s", self.name, resp.status)
-                return []
-            data = orjson.loads(await self.read_body(resp))
-        except (orjson.JSONDecodeError, GatewayError) as exc:
-            log.warning("provider %s: model listing failed: %s", self.name, type(exc).__name__)
-            return []
+        headers = merge_headers(self._static_headers.copy(), await self.auth_headers(None))
+        resp = await self.upstream.request("GET", f"{self.base_url}/models", headers.values())
+        if resp.status != 200:
+            resp.close()
+            raise ValueError(f"HTTP {resp.status}")
+        data = orjson.loads(await self.upstream.read_body(resp))
         items = data.get("data") if isinstance(data, dict) else None
         return [
             ModelInfo(m["id"], m.get("owned_by") or self.name, m.get("created") or 0)
@@ -212,8 +215,10 @@ class OpenAICompatibleProvider(Provider):
         body = await self.body_for(call, target) if call.method not in ("GET", "HEAD") else None
         url = self.url_for(call, target)
 
-        merge_headers(headers, await self.auth_headers(target))
-        resp = await self.request(call.method, url, headers.values(), body)
+        auth = await self.auth_headers(target)
+        merge_headers(headers, auth)
+        upstream = self.upstream
+        resp = await upstream.request(call.method, url, headers.values(), body)
         if resp.status == 401:
             try:
                 retry = await self.refresh_credentials()
@@ -222,25 +227,38 @@ class OpenAICompatibleProvider(Provider):
                 raise
             if retry:
                 resp.close()
-                merge_headers(headers, await self.auth_headers(target))
-                resp = await self.request(call.method, url, headers.values(), body)
+                auth = await self.auth_headers(target)
+                merge_headers(headers, auth)
+                resp = await upstream.request(call.method, url, headers.values(), body)
 
         if resp.status >= 400:
-            raise self.error_for(resp.status, await self.error_body(resp), resp.headers)
+            err = self.error_for(resp.status, await upstream.error_body(resp), resp.headers)
+            raise upstream.finish_error(err, resp.headers, self._secrets(auth))
+        relayed = upstream.relayed_headers(resp.headers) or None
 
         content_type = resp.headers.get("content-type", "application/json")
         if call.endpoint == PASSTHROUGH and not content_type.startswith("application/json"):
-            return Reply(resp.status, stream=self._relay_raw(resp), content_type=content_type)
+            return Reply(resp.status, stream=upstream.chunks(resp), content_type=content_type, headers=relayed)
         if call.stream and content_type.startswith("text/event-stream"):
             return Reply(
                 resp.status,
                 stream=self._relay_events(call, target, resp),
                 content_type="text/event-stream",
+                headers=relayed,
             )
-        data = await self.read_body(resp)
-        if call.endpoint != PASSTHROUGH:
+        data = await upstream.read_body(resp)
+        if call.endpoint != PASSTHROUGH or (call.method == "POST" and call.model is not None):
+            # Pass-through generations (a model named) are counted and priced too; a GET of a
+            # stored object (a batch, a response) carries usage that was spent before.
             call.usage = self._usage_of(data)
-        return Reply(resp.status, body=data, content_type=content_type)
+        return Reply(resp.status, body=data, content_type=content_type, headers=relayed)
+
+    def _secrets(self, auth: Mapping[str, str]) -> list[str]:
+        """What must never be relayed back: the key and the credential just sent."""
+        found = [value.rpartition(" ")[2] for value in auth.values()]
+        if self.api_key:
+            found.append(self.api_key)
+        return found
 
     @staticmethod
     def _usage_of(data: bytes) -> Usage | None:
@@ -262,20 +280,7 @@ class OpenAICompatibleProvider(Provider):
                 return None
         return parse_usage(parsed.get("usage")) if isinstance(parsed, dict) else None
 
-    async def _relay_raw(self, resp: lean.Response) -> AsyncGenerator[bytes, None]:
-        ok = False
-        try:
-            async for data in resp.iter_chunks():
-                yield data
-            ok = True
-        except TRANSPORT_ERRORS as exc:
-            raise self.transport_error(exc) from exc
-        finally:
-            resp.release() if ok else resp.close()
-
-    async def _relay_events(
-        self, call: Call, target: Target, resp: lean.Response
-    ) -> AsyncGenerator[bytes, None]:
+    async def _relay_events(self, call: Call, target: Target, resp: Response) -> AsyncGenerator[bytes, None]:
         """Relay SSE bytes; only the rare block holding a usage object is parsed.
 
         `[DONE]` ends the relay: a server that lingers before closing its connection
@@ -284,9 +289,10 @@ class OpenAICompatibleProvider(Provider):
         want_usage = call.include_usage
         scan = call.endpoint != RESPONSES  # the Responses API's usage is read by proxy.responses; no [DONE]
         transform = self.stream_filter(call, target)
-        ok = False
+        chunks = self.upstream.chunks(resp)
+        events = complete_events(chunks, self.max_event_size, self.name)
         try:
-            async for block in complete_events(resp.iter_chunks()):
+            async for block in events:
                 done = block.endswith(_DONE_TAILS) if scan else any(end in block for end in _RESPONSES_ENDS)
                 if scan and (_USAGE_MARKERS[0] in block or _USAGE_MARKERS[1] in block):
                     block = self._take_usage(call, block, want_usage)
@@ -296,11 +302,9 @@ class OpenAICompatibleProvider(Provider):
                     yield block
                 if done:
                     break
-            ok = True
-        except TRANSPORT_ERRORS as exc:
-            raise self.transport_error(exc) from exc
         finally:
-            resp.release() if ok else resp.close()
+            await events.aclose()
+            await chunks.aclose()
 
     @staticmethod
     def _take_usage(call: Call, block: bytes, keep: bool) -> bytes:

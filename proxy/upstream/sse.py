@@ -2,11 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 
 import orjson
 
+from ..errors import UpstreamError
+
 DONE = b"data: [DONE]\n\n"
+#: The largest server-sent event relayed (a streamed image can take a few MiB).
+DEFAULT_MAX_EVENT = 16 * 1024 * 1024
+
+
+class EventTooLarge(UpstreamError):
+    """The upstream sent an event (or a line that never ended) over the cap."""
+
+    default_code = "upstream_event_too_large"
 
 
 def event(payload: object) -> bytes:
@@ -44,18 +54,50 @@ def event_data(ev: bytes) -> bytes | None:
     return b"\n".join(data) if data else None
 
 
-async def complete_events(chunks: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+async def complete_events(
+    chunks: AsyncIterator[bytes], max_event: int = DEFAULT_MAX_EVENT, source: str = "the upstream"
+) -> AsyncGenerator[bytes, None]:
     """Regroup arbitrary network reads into blocks that end on an event boundary.
 
     A partial event is useless to an SSE client, so holding it back adds no latency
-    that matters, and it lets filters work on whole events.
+    that matters, and it lets filters work on whole events. An event that grows past
+    `max_event` bytes ends the stream with an error (a line that never ends must not
+    hold the gateway's memory); pieces are collected in a list, so a long event costs
+    linear time, not quadratic.
     """
-    buf = b""
+    pending: list[bytes] = []
+    size = 0
     async for data in chunks:
-        buf = buf + data if buf else data
-        end = last_boundary(buf)
+        if pending:
+            # Only the seam between the old tail and the new data can hold a new boundary
+            # that the old data did not: look there and in the new data.
+            tail = pending[-1][-3:]
+            end = last_boundary(tail + data)
+            end = end - len(tail) if end else 0
+            if end <= 0:
+                pending.append(data)
+                size += len(data)
+                if size > max_event:
+                    raise EventTooLarge(f"{source} sent a server-sent event over {max_event} bytes")
+                continue
+            pending.append(data[:end])
+            yield b"".join(pending)
+            data = data[end:]
+            pending = []
+            size = 0
+            if data:
+                pending.append(data)
+                size = len(data)
+            continue
+        end = last_boundary(data)
         if end:
-            block, buf = buf[:end], buf[end:]
-            yield block
+            yield data if end == len(data) else data[:end]
+            data = data[end:]
+        if data:
+            pending.append(data)
+            size = len(data)
+        if size > max_event:
+            raise EventTooLarge(f"{source} sent a server-sent event over {max_event} bytes")
+    buf = b"".join(pending)
     if buf.strip():
         yield buf if buf.endswith(b"\n\n") else buf + b"\n\n"

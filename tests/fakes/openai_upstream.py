@@ -68,6 +68,8 @@ class Behaviour:
     split_writes: bool = False  # write each SSE event in two pieces (events straddle TCP reads)
     crlf: bool = False  # end SSE lines with CRLF, as some servers and proxies do
     body: bytes | None = None  # a raw body instead of the normal one (sent as text/html if status >= 400)
+    gate: threading.Event | None = None  # hold the answer until the test sets it
+    cached_tokens: int | None = None  # report usage.prompt_tokens_details.cached_tokens
     linger: float = 0.0  # seconds to hold a Responses stream open after its last event
 
 
@@ -134,6 +136,7 @@ class FakeOpenAI:
         self.url = ""  # set by whoever starts the server: "http://127.0.0.1:<port>"
         self.requests: list[Recorded] = []
         self.behaviours: dict[str, Behaviour] = {}
+        self.scripts: dict[str, list[Behaviour]] = {}
         self.default = Behaviour()
         self.models = list(MODELS)
         #: Streams the client (the gateway) abandoned: the handler saw CancelledError or a reset.
@@ -149,8 +152,17 @@ class FakeOpenAI:
     def on(self, model: str, behaviour: Behaviour) -> None:
         self.behaviours[model] = behaviour
 
+    def script(self, model: str, behaviours: list[Behaviour]) -> None:
+        """Answer the next requests for `model` with these, in order; then as `on` says."""
+        self.scripts[model] = list(behaviours)
+
     def behaviour_for(self, model: Any) -> Behaviour:
-        return self.behaviours.get(model, self.default) if isinstance(model, str) else self.default
+        if not isinstance(model, str):
+            return self.default
+        script = self.scripts.get(model)
+        if script:
+            return script.pop(0)
+        return self.behaviours.get(model, self.default)
 
     def last(self, path: str | None = None) -> Recorded:
         hits = [r for r in self.requests if path is None or r.path == path]
@@ -229,6 +241,8 @@ class FakeOpenAI:
     async def _misbehave(self, body: dict[str, Any]) -> tuple[Behaviour, web.Response | None]:
         """Apply the model's behaviour up to the response headers; an error response, or None."""
         b = self.behaviour_for(body.get("model"))
+        while b.gate is not None and not b.gate.is_set():  # noqa: ASYNC110  # set from the test's thread
+            await asyncio.sleep(0.005)
         if b.delay:
             try:
                 await asyncio.sleep(b.delay)
@@ -271,8 +285,10 @@ class FakeOpenAI:
         finish = "tool_calls" if tool else "length" if truncated else "stop"
         prompt_tokens = sum(count_tokens(_text(m.get("content"))) for m in messages if isinstance(m, dict))
         completion_tokens = count_tokens(answer) if tool is None else 5
-        usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                 "total_tokens": prompt_tokens + completion_tokens}
+        usage: dict[str, Any] = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                                 "total_tokens": prompt_tokens + completion_tokens}
+        if behaviour.cached_tokens is not None:
+            usage["prompt_tokens_details"] = {"cached_tokens": behaviour.cached_tokens}
         cid = "chatcmpl-fake" + hashlib.sha256(request_key(body)).hexdigest()[:16]
         created = int(time.time())
         tool_call = None

@@ -35,7 +35,7 @@ def _api_version(options: Options) -> str | None:
     raw = options.raw("api_version")
     if isinstance(raw, _dt.date):
         return raw.isoformat()
-    value = options.str("api_version", None)
+    value: str | None = options.str("api_version", None)
     if value is not None and not value.strip():
         raise options.error("api_version", 'expected an Azure OpenAI API version such as "2024-10-21"')
     return value

@@ -10,6 +10,7 @@ one AWS computes.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -26,6 +27,8 @@ from botocore.credentials import CredentialProvider
 from proxy.config.options import Options
 from proxy.errors import ConfigError
 
+#: `create_client` keyword arguments (config, verify) for a service URL.
+ClientConfig = Callable[[str], dict[str, Any]]
 SIGNING_NAME = "bedrock"  # bedrock-runtime signs as "bedrock" (service model signingName)
 _SAFE = "-._~"  # botocore.utils.SAFE_CHARS: what botocore leaves unescaped in a URI label
 
@@ -92,17 +95,24 @@ class _Provided(CredentialProvider):
 class AwsAuth:
     """One aiobotocore session and its (refreshable) credentials per provider."""
 
-    def __init__(self, settings: AwsSettings) -> None:
+    def __init__(self, settings: AwsSettings, client_config: ClientConfig | None = None) -> None:
         self.settings = settings
+        #: `create_client` keyword arguments for a URL (the provider's proxy and TLS settings).
+        self.client_config = client_config
         self.session: AioSession | None = None
         self.credentials: Any = None
+
+    def secrets(self) -> list[str]:
+        """Static credentials that must never be relayed in an error message."""
+        s = self.settings
+        return [v for v in (s.secret_access_key, s.session_token, s.access_key_id) if v]
 
     async def start(self) -> None:
         s = self.settings
         session = AioSession(profile=s.profile) if s.profile else AioSession()
         if s.access_key_id and s.secret_access_key:
             session.set_credentials(s.access_key_id, s.secret_access_key, s.session_token)
-        credentials = await session.get_credentials()
+        credentials: Any = await session.get_credentials()
         if credentials is None:
             raise ConfigError(
                 "bedrock: no AWS credentials found (set access_key_id/secret_access_key, profile, "
@@ -112,9 +122,16 @@ class AwsAuth:
             extra: dict[str, str] = {"RoleSessionName": s.role_session_name}
             if s.external_id:
                 extra["ExternalId"] = s.external_id
-            creator = functools.partial(session.create_client, region_name=s.region, endpoint_url=s.sts_endpoint_url)
-            fetcher = AioAssumeRoleCredentialFetcher(
-                client_creator=creator, source_credentials=credentials, role_arn=s.role_arn, extra_args=extra
+            sts_url = s.sts_endpoint_url or f"https://sts.{s.region}.amazonaws.com"
+            kwargs = self.client_config(sts_url) if self.client_config is not None else {}
+            creator = functools.partial(
+                session.create_client, region_name=s.region, endpoint_url=s.sts_endpoint_url, **kwargs
+            )
+            fetcher = AioAssumeRoleCredentialFetcher(  # the stubs type botocore's sync client creator
+                client_creator=creator,  # type: ignore[arg-type]
+                source_credentials=credentials,
+                role_arn=s.role_arn,
+                extra_args=extra,
             )
             credentials = AioDeferredRefreshableCredentials(
                 refresh_using=fetcher.fetch_credentials, method="assume-role"

@@ -35,6 +35,8 @@ def parse_headers(data: bytes) -> Headers:
     while pos < end:
         name_len = data[pos]
         name = data[pos + 1 : pos + 1 + name_len].decode()
+        if name in headers:  # as botocore: a repeated header makes the frame invalid
+            raise EventStreamError(f"event stream header {name!r} is repeated")
         pos += 1 + name_len
         kind = data[pos]
         pos += 1

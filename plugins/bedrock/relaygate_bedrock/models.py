@@ -2,23 +2,17 @@
 
 Foundation models that produce text on demand, and the cross-region inference profiles
 (`us.`, `eu.`, `apac.`, `global.` ...) that newer models can only be called through.
-Listing is slow and rate limited, so the answer is kept for `models_ttl` seconds and
-a failure keeps serving the last good list.
+Listing is slow and rate limited, so the provider keeps the answer for `models_ttl`
+seconds in the core's single-flight `TTLCache`, and a failure keeps serving the last good list.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
 from datetime import datetime
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
-
 from proxy.types import ModelInfo
 
-log = logging.getLogger("relaygate.bedrock")
-RETRY_AFTER_FAILURE = 30.0
 PROFILE_PREFIXES = ("us.", "eu.", "apac.", "global.", "us-gov.", "jp.", "au.", "ca.")
 
 
@@ -63,34 +57,3 @@ async def fetch_models(client: Any) -> list[ModelInfo]:
         if not token:
             break
     return models
-
-
-class ModelCache:
-    """The listing, refreshed at most once per TTL, one refresh at a time."""
-
-    def __init__(self, provider: str, ttl: float) -> None:
-        self.provider = provider
-        self.ttl = ttl
-        self._models: list[ModelInfo] | None = None
-        self._at = -1e18
-        self._lock = asyncio.Lock()
-
-    async def get(self, client_factory: Any) -> list[ModelInfo] | None:
-        loop = asyncio.get_running_loop()
-        if loop.time() - self._at < self.ttl:
-            return self._models
-        async with self._lock:
-            if loop.time() - self._at < self.ttl:
-                return self._models
-            try:
-                self._models = await fetch_models(await client_factory())
-            except (TimeoutError, BotoCoreError, ClientError, OSError) as exc:
-                # Keep the last good list; the next call after the TTL tries again.
-                log.warning("provider %s: Bedrock model listing failed: %s", self.provider, type(exc).__name__)
-                if self._models is None:
-                    self._models = []
-                # Try again sooner than a full TTL, but not on every /v1/models call.
-                self._at = loop.time() - self.ttl + min(self.ttl, RETRY_AFTER_FAILURE)
-                return self._models
-            self._at = loop.time()
-        return self._models

@@ -1,9 +1,11 @@
 """`type: bedrock`: the OpenAI API translated to Bedrock Converse, ConverseStream and InvokeModel.
 
-Runtime calls go out on the core's lean keep-alive client (`self.http`) with orjson
-bodies and a botocore SigV4 signature; aiobotocore is kept for what it is good at and is
-not on the hot path: credentials and the control-plane listing. An aiohttp session is
-opened only for `fetch_images` (the core's SSRF-guarded fetcher runs on aiohttp).
+Runtime calls go out through the core's `Upstream` seam (`self.upstream`: the lean
+keep-alive client by default, `transport: aiohttp` on request) with orjson bodies and a
+botocore SigV4 signature; aiobotocore is kept for what it is good at and is not on the
+hot path: credentials and the control-plane listing, which use the same egress proxy
+and TLS settings. Image URLs are fetched (`fetch_images: true`) under the seam's shared
+image policy.
 """
 
 from __future__ import annotations
@@ -17,21 +19,25 @@ from typing import Any
 
 import orjson
 from aiobotocore.config import AioConfig
+from botocore.exceptions import BotoCoreError, ClientError
+from yarl import URL
 
 from proxy.config.options import Options
 from proxy.errors import InvalidRequest, UpstreamError
 from proxy.types import CHAT, EMBEDDINGS, Call, ModelInfo, Reply, Target
-from proxy.upstream.images import DEFAULT_MAX_BYTES, DEFAULT_TIMEOUT, fetch_image
-from proxy.upstream.lean import Response
-from proxy.upstream.provider import TRANSPORT_ERRORS, Provider
+from proxy.upstream.cache import TTLCache
+from proxy.upstream.provider import Provider
+from proxy.upstream.proxies import proxy_for
+from proxy.upstream.seam import Upstream
 from proxy.upstream.sse import DONE
+from proxy.upstream.transport import Response
 
 from .auth import AwsAuth, AwsSettings, model_path
 from .embeddings import embed
 from .endpoints import resolve_region, runtime_root
 from .errors import error_from_frame, error_from_response
 from .eventstream import EventStreamDecoder, EventStreamError
-from .models import ModelCache
+from .models import fetch_models
 from .request_map import map_chat
 from .response_map import chat_completion
 from .stream_map import ChatStreamMapper
@@ -46,10 +52,10 @@ _TRACE_HEADERS = frozenset({"traceparent", "tracestate"})
 class BedrockProvider(Provider):
     endpoints = frozenset({CHAT, EMBEDDINGS})
     supports_guardrails = True
-    uses_http = True
 
     def __init__(self, name: str, options: Options) -> None:
         super().__init__(name, options)
+        self.upstream = Upstream(name, options, images_default=False)
         endpoint = options.url("endpoint_url", None)
         base = options.url("base_url", None)
         if endpoint and base and endpoint != base:
@@ -61,16 +67,14 @@ class BedrockProvider(Provider):
         # Converse paths hang off the runtime's root, whatever OpenAI base path was copied in.
         self.endpoint: str = runtime_root(url) if url else f"https://bedrock-runtime.{region}.amazonaws.com"
         self.control_endpoint: str | None = options.url("control_endpoint_url", None)
-        self.aws = AwsAuth(AwsSettings.from_options(options, region))
-        self.fetch_images: bool = options.bool("fetch_images", False)
-        self.uses_session = self.fetch_images
-        fetch = options.block("image_fetch")
-        self.image_max_bytes: int = fetch.int("max_bytes", DEFAULT_MAX_BYTES, minimum=1)
-        self.image_timeout: float = fetch.number("timeout", DEFAULT_TIMEOUT)
-        #: Fetch from private addresses too (tests, or images served inside your own network).
-        self.image_allow_private: bool = fetch.bool("allow_private", False)
-        fetch.check_unused()
-        self.models = ModelCache(name, options.number("models_ttl", 600.0))
+        self.aws = AwsAuth(AwsSettings.from_options(options, region), self._botocore_config)
+        self.fetch_images: bool = self.upstream.images.enabled
+        self.models: TTLCache[list[ModelInfo]] = TTLCache(
+            options.number("models_ttl", 600.0),
+            [],
+            what=f"provider {name}: Bedrock model listing",
+            errors=(TimeoutError, BotoCoreError, ClientError, OSError),
+        )
         self._control: Any = None
         self._control_lock = asyncio.Lock()
         self._stack = contextlib.AsyncExitStack()
@@ -78,13 +82,32 @@ class BedrockProvider(Provider):
     # -------------------------------------------------------------- lifecycle
 
     async def start(self) -> None:
+        await self.upstream.start()
         await self.aws.start()
-        await super().start()
 
     async def close(self) -> None:
         await self._stack.aclose()
         self._control = None
-        await super().close()
+        await self.upstream.close()
+
+    def _botocore_config(self, url: str, **kwargs: Any) -> dict[str, Any]:
+        """`create_client` arguments that send aiobotocore's calls (control plane, STS) the
+        way the runtime calls go: the provider's egress proxy and TLS settings."""
+        s = self.upstream.settings
+        proxy = proxy_for(URL(url), s.proxies, s.no_proxy)
+        tls = self.upstream.tls
+        cert: str | tuple[str, str] | None = None
+        if tls is not None and tls.client_cert:
+            cert = (tls.client_cert, tls.client_key) if tls.client_key else tls.client_cert
+        config = AioConfig(
+            proxies={"https": str(proxy), "http": str(proxy)} if proxy is not None else {},
+            client_cert=cert,
+            **kwargs,
+        )
+        verify: bool | str = True
+        if tls is not None:
+            verify = tls.ca_file or tls.verify
+        return {"config": config, "verify": verify}
 
     async def _control_client(self) -> Any:
         """The control-plane client, made on first use: it costs start-up time most never need."""
@@ -92,16 +115,22 @@ class BedrockProvider(Provider):
             if self._control is None:
                 assert self.aws.session is not None
                 retries = {"max_attempts": 2, "mode": "standard"}
-                config = AioConfig(connect_timeout=self.connect_timeout, read_timeout=30, retries=retries)
+                url = self.control_endpoint or f"https://bedrock.{self.region}.amazonaws.com"
+                kwargs = self._botocore_config(
+                    url, connect_timeout=self.upstream.settings.connect_timeout, read_timeout=30, retries=retries
+                )
                 self._control = await self._stack.enter_async_context(
                     self.aws.session.create_client(
-                        "bedrock", region_name=self.region, endpoint_url=self.control_endpoint, config=config
+                        "bedrock", region_name=self.region, endpoint_url=self.control_endpoint, **kwargs
                     )
                 )
             return self._control
 
     async def list_models(self) -> list[ModelInfo] | None:
-        return await self.models.get(self._control_client)
+        return await self.models.get(self._fetch_models)
+
+    async def _fetch_models(self) -> list[ModelInfo]:
+        return await fetch_models(await self._control_client())
 
     # -------------------------------------------------------------- transport
 
@@ -113,14 +142,16 @@ class BedrockProvider(Provider):
         headers["Accept-Encoding"] = "identity"
         if target is not None:  # the attempt's trace context (unsigned, as SigV4 allows)
             headers.update({k: v for k, v in target.headers.items() if k in _TRACE_HEADERS})
-        resp = await self.request("POST", url, headers.items(), body)
+        upstream = self.upstream
+        resp = await upstream.request("POST", url, headers.items(), body)
         if resp.status >= 400:
-            raise error_from_response(self.name, resp.status, await self.error_body(resp), resp.headers)
+            err = error_from_response(self.name, resp.status, await upstream.error_body(resp), resp.headers)
+            raise upstream.finish_error(err, resp.headers, self.aws.secrets())
         return resp
 
     async def _post_json(self, model: str, operation: str, body: bytes, target: Target | None = None) -> dict[str, Any]:
         resp = await self._post(model, operation, body, _JSON, target)
-        data = await self.read_body(resp)
+        data = await self.upstream.read_body(resp)
         try:
             parsed = orjson.loads(data)
         except orjson.JSONDecodeError as exc:
@@ -154,18 +185,15 @@ class BedrockProvider(Provider):
         return Reply(body=out)
 
     async def _fill_images(self, holes: list[tuple[dict[str, Any], str]]) -> None:
-        async def one(block: dict[str, Any], url: str) -> None:
-            data, media_type = await fetch_image(
-                self.session,
-                url,
-                max_bytes=self.image_max_bytes,
-                timeout=self.image_timeout,
-                allow_private=self.image_allow_private,
-            )
+        """Each distinct URL fetched once (count-capped), its bytes shared by every block naming it."""
+        fetched = await self.upstream.fetch_images(url for _, url in holes)
+        encoded: dict[str, str] = {}
+        for block, url in holes:
+            data, media_type = fetched[url]
+            if url not in encoded:
+                encoded[url] = base64.b64encode(data).decode()
             block["format"] = media_type[6:]
-            block["source"] = {"bytes": base64.b64encode(data).decode()}
-
-        await asyncio.gather(*(one(block, url) for block, url in holes))
+            block["source"] = {"bytes": encoded[url]}
 
     async def _relay(
         self, call: Call, resp: Response, mapper: ChatStreamMapper
@@ -176,9 +204,9 @@ class BedrockProvider(Provider):
         first raises before the first chunk and the core can still fall back.
         """
         decoder = EventStreamDecoder()
-        ok = False
+        chunks = self.upstream.chunks(resp)
         try:
-            async for data in resp.iter_chunks():
+            async for data in chunks:
                 out: list[bytes] = []
                 for headers, payload in decoder.feed(data):
                     if headers.get(":message-type") != "event":
@@ -198,11 +226,8 @@ class BedrockProvider(Provider):
                     f"provider {self.name!r}: Bedrock's stream was cut mid-frame", code="incomplete_stream"
                 )
             mapper.check_complete()
-            ok = True
             yield DONE
-        except TRANSPORT_ERRORS as exc:
-            raise self.transport_error(exc) from exc
         except (EventStreamError, orjson.JSONDecodeError) as exc:
             raise UpstreamError(f"provider {self.name!r}: Bedrock sent a malformed event stream") from exc
         finally:
-            resp.release() if ok else resp.close()
+            await chunks.aclose()

@@ -54,7 +54,7 @@ def usage_of(raw: Any) -> tuple[dict[str, Any], Usage]:
         "total_tokens": prompt + completion,
         "prompt_tokens_details": {"cached_tokens": cache_read},
     }
-    return usage, Usage(prompt, completion)
+    return usage, Usage(prompt, completion, cache_read)
 
 
 def message_of(content: Any) -> dict[str, Any]:

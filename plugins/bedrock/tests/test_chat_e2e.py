@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import openai
 import pytest
-from bedrock_helpers import CLAUDE, assert_no_secrets, post, sse_json, validate, wait_access
+from bedrock_helpers import CLAUDE, CLIENT_KEY, assert_no_secrets, config_yaml, post, sse_json, validate, wait_access
 from fakes.bedrock import FakeBedrock
 
 from proxy.testing import Gateway
@@ -122,3 +124,17 @@ async def test_async_sdk_stream_and_embeddings(gw: Gateway) -> None:
         assert text == "Hello from fake Bedrock!"
         out = await client.embeddings.create(model="titan", input=["a", "b"])
         assert [d.index for d in out.data] == [0, 1] and len(out.data[0].embedding) == 8
+
+
+def test_chat_and_stream_on_the_aiohttp_transport(fake: FakeBedrock, make_gateway: Callable[..., Gateway]) -> None:
+    gw = make_gateway(config_yaml(fake.url, provider_extra="    transport: aiohttp\n"))  # type: ignore[attr-defined]
+    with openai.OpenAI(base_url=gw.base_url, api_key=CLIENT_KEY, max_retries=0) as client:
+        out = client.chat.completions.create(model="claude", messages=[{"role": "user", "content": "Hi"}])
+        assert out.choices[0].message.content == "Hello from fake Bedrock!"
+        chunks = list(client.chat.completions.create(
+            model="claude", messages=[{"role": "user", "content": "Hi"}], stream=True,
+            stream_options={"include_usage": True},
+        ))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Hello from fake Bedrock!"
+    assert chunks[-1].usage is not None and chunks[-1].usage.total_tokens == 18
+    assert fake.requests[-1].access_key == "AKIDTEST"

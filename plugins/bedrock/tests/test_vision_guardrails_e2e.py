@@ -8,6 +8,7 @@ from collections.abc import Callable
 import openai
 import pytest
 from aiohttp import web
+from aiohttp.typedefs import Handler
 from bedrock_helpers import CLAUDE, CLIENT_KEY, PNG, assert_no_secrets, config_yaml, post, validate_error
 from fakes.bedrock import FakeBedrock
 
@@ -72,6 +73,49 @@ def test_image_url_fetched_when_allowed(fake: FakeBedrock, make_gateway: Callabl
         out = c.chat.completions.create(model="claude", messages=_image_message(f"{host.url}/cat.png"))
     assert out.choices[0].message.content == f"I see a png image of {len(PNG)} bytes."
     assert base64.b64decode(fake.requests[-1].json["messages"][0]["content"][1]["image"]["source"]["bytes"]) == PNG
+
+
+def test_s6_an_image_named_many_times_is_fetched_once(fake: FakeBedrock, make_gateway: Callable[..., Gateway]) -> None:
+    extra = "    fetch_images: true\n    image_fetch: {allow_private: true}\n"
+    gw = make_gateway(config_yaml(fake.url, provider_extra=extra))
+    hits: list[str] = []
+    with FakeServer(_counted_image_host(hits)) as host:
+        url = f"{host.url}/cat.png"
+        parts = [{"type": "image_url", "image_url": {"url": url}} for _ in range(64)]
+        resp = post(gw.base_url, "/chat/completions",
+                    {"model": "claude", "messages": [{"role": "user", "content": parts}]})
+    assert resp.status == 200
+    assert hits == ["/cat.png"]
+    blocks = fake.requests[-1].json["messages"][0]["content"]
+    assert len(blocks) == 64 and all(base64.b64decode(b["image"]["source"]["bytes"]) == PNG for b in blocks)
+
+
+def test_s6_more_distinct_images_than_the_cap_are_refused_unfetched(
+    fake: FakeBedrock, make_gateway: Callable[..., Gateway]
+) -> None:
+    extra = "    fetch_images: true\n    image_fetch: {allow_private: true, max_images: 3}\n"
+    gw = make_gateway(config_yaml(fake.url, provider_extra=extra))
+    hits: list[str] = []
+    with FakeServer(_counted_image_host(hits)) as host:
+        parts = [{"type": "image_url", "image_url": {"url": f"{host.url}/cat.png?{i}"}} for i in range(4)]
+        resp = post(gw.base_url, "/chat/completions",
+                    {"model": "claude", "messages": [{"role": "user", "content": parts}]})
+    assert resp.status == 400
+    assert validate_error(resp.json)["code"] == "too_many_images"
+    assert hits == [] and fake.requests == []
+
+
+def _counted_image_host(hits: list[str]) -> web.Application:
+    """`_image_host`, recording each path it serves in `hits`."""
+
+    @web.middleware
+    async def count(request: web.Request, handler: Handler) -> web.StreamResponse:
+        hits.append(request.path)
+        return await handler(request)
+
+    app = _image_host()
+    app.middlewares.append(count)
+    return app
 
 
 # ---------------------------------------------------------------- guardrails

@@ -27,6 +27,7 @@ from google.oauth2 import credentials as user_credentials
 from google.oauth2 import service_account
 
 from proxy.upstream.tokens import RefreshingToken, Token, TokenFetchError
+from proxy.upstream.transport import TransportSettings
 
 from .transport import UrllibRequest
 
@@ -56,10 +57,14 @@ def load_credentials_file(path: str, scopes: Sequence[str]) -> Any:
         info = json.load(fh)
     kind = info.get("type") if isinstance(info, dict) else None
     if kind == "service_account":
-        return service_account.Credentials.from_service_account_info(info, scopes=scopes)
+        return service_account.Credentials.from_service_account_info(  # type: ignore[no-untyped-call]
+            info, scopes=scopes
+        )
     if kind == "authorized_user":
-        return user_credentials.Credentials.from_authorized_user_info(info, scopes=scopes)
-    raise gexc.DefaultCredentialsError(
+        return user_credentials.Credentials.from_authorized_user_info(  # type: ignore[no-untyped-call]
+            info, scopes=scopes
+        )
+    raise gexc.DefaultCredentialsError(  # type: ignore[no-untyped-call]
         f"credentials_file holds {kind!r} credentials; expected service_account or authorized_user "
         "(point GOOGLE_APPLICATION_CREDENTIALS at other kinds and leave credentials_file unset)"
     )
@@ -82,11 +87,12 @@ class GoogleToken(RefreshingToken):
         scopes: Sequence[str] = (CLOUD_PLATFORM,),
         margin: float = DEFAULT_MARGIN,
         timeout: float = 30.0,
+        settings: TransportSettings | None = None,
     ) -> None:
         super().__init__(provider=provider, margin=margin)
         self.credentials_file = credentials_file
         self.scopes = list(scopes)
-        self.transport = UrllibRequest(timeout)
+        self.transport = UrllibRequest(timeout, settings)
         self._credentials: Any = None  # touched only inside the single-flight fetch
         #: How many google-auth refreshes ran (loading credentials is not one).
         self.refreshes = 0

@@ -12,13 +12,11 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-import aiohttp
 import orjson
 
 from proxy.config.options import Options
 from proxy.errors import GatewayError
 from proxy.types import CHAT, Call, ModelInfo, Target
-from proxy.upstream import images
 from proxy.upstream.openai_compat import OpenAICompatibleProvider
 
 from .auth import CLOUD_PLATFORM, DEFAULT_MARGIN, GoogleToken
@@ -47,6 +45,8 @@ def _agreeing(options: Options, key: str, value: str, from_url: str | None) -> s
 class VertexProvider(OpenAICompatibleProvider):
     endpoints = frozenset({CHAT})
     supports_passthrough = False
+    #: Vertex reads images only from gs:// and data: URLs: http(s) ones are fetched by default.
+    fetch_images_default = True
 
     def __init__(self, name: str, options: Options) -> None:
         super().__init__(name, options)  # base_url (optional: replaces https://HOST), stream_usage, ...
@@ -88,19 +88,11 @@ class VertexProvider(OpenAICompatibleProvider):
             scopes=options.str_list("scopes", [CLOUD_PLATFORM]),
             margin=options.number("refresh_margin", DEFAULT_MARGIN),
             timeout=options.number("token_timeout", 30.0, minimum=0.1),
+            settings=self.upstream.settings,
         )
 
         self.keep_params = frozenset(options.str_list("keep_params", []))
-        self.fetch_images: bool = options.bool("fetch_images", True)
-        fetch = options.block("image_fetch")
-        self.image_max_bytes: int = fetch.int("max_bytes", images.DEFAULT_MAX_BYTES, minimum=1)
-        self.image_timeout: float = fetch.number("timeout", images.DEFAULT_TIMEOUT, minimum=0.1)
-        self.image_max_count: int = fetch.int("max_images", 16, minimum=1)
-        #: Fetch from private and loopback addresses too. For tests against loopback fakes,
-        #: or images deliberately served from a private network; never for the open internet.
-        self.image_allow_private: bool = fetch.bool("allow_private", False)
-        fetch.check_unused()
-        self._image_session: aiohttp.ClientSession | None = None
+        self.fetch_images: bool = self.upstream.images.enabled
 
     def target_options(self, opts: Options) -> dict[str, object]:
         raw = opts.raw("endpoint_id")
@@ -110,19 +102,6 @@ class VertexProvider(OpenAICompatibleProvider):
         if not isinstance(value, str) or not _ENDPOINT_ID.match(value):
             raise opts.error("endpoint_id", "expected a Vertex AI endpoint id (digits, letters, - or _)")
         return {"endpoint_id": value}
-
-    # -------------------------------------------------------------- lifecycle
-
-    async def start(self) -> None:
-        await super().start()
-        if self.fetch_images:
-            self._image_session = self.new_session()
-
-    async def close(self) -> None:
-        if self._image_session is not None:
-            await self._image_session.close()
-            self._image_session = None
-        await super().close()
 
     # -------------------------------------------------------------- extension points
 
@@ -153,8 +132,7 @@ class VertexProvider(OpenAICompatibleProvider):
         if needs_images(messages, self.fetch_images):
             overrides["messages"] = await inline_images(
                 messages,  # type: ignore[arg-type]  # needs_images checked it is a list
-                self._fetch_image if self.fetch_images else None,
-                max_images=self.image_max_count,
+                self.upstream.fetch_images if self.fetch_images else None,
             )
         dropped = [k for k in body if k not in SUPPORTED and k not in self.keep_params]
         if not dropped:
@@ -170,15 +148,3 @@ class VertexProvider(OpenAICompatibleProvider):
 
     async def list_models(self) -> list[ModelInfo] | None:
         return None  # Vertex's OpenAI endpoint has no model listing; /v1/models shows the routes
-
-    # -------------------------------------------------------------- helpers
-
-    async def _fetch_image(self, url: str) -> tuple[bytes, str]:
-        assert self._image_session is not None, "started with fetch_images"
-        return await images.fetch_image(
-            self._image_session,
-            url,
-            max_bytes=self.image_max_bytes,
-            timeout=self.image_timeout,
-            allow_private=self.image_allow_private,
-        )

@@ -3,18 +3,16 @@
 Vertex's OpenAI-compatible endpoint accepts a subset of OpenAI's chat parameters and
 rejects requests with others, so the rest are dropped (an operator can keep more with
 `keep_params`). It reads images only from `gs://` and `data:` URLs, and not `detail`, so
-http(s) image URLs are fetched by the gateway (through `proxy.fetch`, with its SSRF
+http(s) image URLs are fetched by the gateway (through `proxy.upstream.images`, with its SSRF
 guard and caps) and sent as base64 data URLs.
 """
 
 from __future__ import annotations
 
-import asyncio
-import base64
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from proxy.errors import InvalidRequest
+from proxy.upstream.images import data_url
 
 #: OpenAI chat parameters Vertex's OpenAI-compatible endpoint takes.
 SUPPORTED = frozenset(
@@ -42,7 +40,8 @@ SUPPORTED = frozenset(
     }
 )
 
-Fetch = Callable[[str], Awaitable[tuple[bytes, str]]]
+#: Fetches each distinct URL once (the provider's `Upstream.fetch_images`, with its policy).
+FetchAll = Callable[[list[str]], Awaitable[dict[str, tuple[bytes, str]]]]
 
 
 def is_http(url: object) -> bool:
@@ -73,30 +72,17 @@ def needs_images(messages: Any, fetching: bool) -> bool:
     return False
 
 
-async def inline_images(messages: list[Any], fetch: Fetch | None, *, max_images: int) -> list[Any]:
+async def inline_images(messages: list[Any], fetch: FetchAll | None) -> list[Any]:
     """A copy of `messages` with http(s) image URLs as data URLs and `detail` removed.
 
     Only the messages and parts that change are copied; the client's objects are untouched.
     """
-    urls = []
-    if fetch is not None:
-        urls = list(
-            dict.fromkeys(p["image_url"]["url"] for p in _image_parts(messages) if is_http(p["image_url"].get("url")))
-        )
-    if len(urls) > max_images:
-        raise InvalidRequest(
-            f"The request has {len(urls)} image URLs; the gateway fetches at most {max_images} per request.",
-            param="messages",
-            code="too_many_images",
-        )
     data_urls: dict[str, str] = {}
-    if urls:
-        assert fetch is not None
-        fetched = await asyncio.gather(*(fetch(u) for u in urls))
-        data_urls = {
-            u: f"data:{media};base64,{base64.b64encode(data).decode()}"
-            for u, (data, media) in zip(urls, fetched, strict=True)
-        }
+    if fetch is not None:
+        urls = [p["image_url"]["url"] for p in _image_parts(messages) if is_http(p["image_url"].get("url"))]
+        if urls:
+            fetched = await fetch(urls)
+            data_urls = {u: data_url(data, media) for u, (data, media) in fetched.items()}
 
     out = []
     for message in messages:

@@ -3,8 +3,9 @@
 google-auth needs a `google.auth.transport.Request`; its bundled ones need `requests` or
 `urllib3`. This one is the standard library's urllib, which is all a token refresh
 needs, so the plugin depends on google-auth alone. It runs only in worker threads
-(`asyncio.to_thread`), never on the event loop. Like the gateway's own upstream
-clients it ignores `HTTP(S)_PROXY` environment variables.
+(`asyncio.to_thread`), never on the event loop. It goes out the way the provider's own
+upstream calls do: through the same egress proxy (`HTTPS_PROXY`/`NO_PROXY`, unless the
+provider says `proxy: false`) and with the provider's `tls:` context.
 """
 
 from __future__ import annotations
@@ -16,6 +17,10 @@ from collections.abc import Mapping
 from urllib.parse import urlsplit
 
 from google.auth import exceptions, transport
+from yarl import URL
+
+from proxy.upstream.proxies import proxy_for
+from proxy.upstream.transport import TransportSettings
 
 
 class _Response(transport.Response):
@@ -40,11 +45,21 @@ class _Response(transport.Response):
 class UrllibRequest(transport.Request):
     """`google.auth.transport.Request` over `urllib.request`, with a default timeout."""
 
-    def __init__(self, timeout: float = 30.0) -> None:
+    def __init__(self, timeout: float = 30.0, settings: TransportSettings | None = None) -> None:
         self.timeout = timeout
-        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        self.settings = settings or TransportSettings()
 
-    def __call__(  # type: ignore[override]
+    def _opener(self, url: str) -> urllib.request.OpenerDirector:
+        """Built per call (a token refresh is rare): the proxy depends on the URL's host."""
+        s = self.settings
+        proxy = proxy_for(URL(url), s.proxies, s.no_proxy)
+        proxies = {"http": str(proxy), "https": str(proxy)} if proxy is not None else {}
+        handlers: list[urllib.request.BaseHandler] = [urllib.request.ProxyHandler(proxies)]
+        if s.ssl_context is not None:
+            handlers.append(urllib.request.HTTPSHandler(context=s.ssl_context))
+        return urllib.request.build_opener(*handlers)
+
+    def __call__(
         self,
         url: str,
         method: str = "GET",
@@ -56,10 +71,11 @@ class UrllibRequest(transport.Request):
         data = body.encode() if isinstance(body, str) else body
         request = urllib.request.Request(url, data=data, headers=dict(headers or {}), method=method)
         try:
-            with self._opener.open(request, timeout=timeout or self.timeout) as resp:
+            with self._opener(url).open(request, timeout=timeout or self.timeout) as resp:
                 return _Response(resp.status, dict(resp.headers.items()), resp.read())
         except urllib.error.HTTPError as exc:
             with exc:
                 return _Response(exc.code, dict(exc.headers.items()), exc.read())
         except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
-            raise exceptions.TransportError(f"{type(exc).__name__} talking to {urlsplit(url).netloc}") from exc
+            message = f"{type(exc).__name__} talking to {urlsplit(url).netloc}"
+            raise exceptions.TransportError(message) from exc  # type: ignore[no-untyped-call]

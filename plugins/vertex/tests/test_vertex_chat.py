@@ -176,3 +176,22 @@ def test_embeddings_are_not_sent_to_vertex(google) -> None:
             client.embeddings.create(model="gemini-embedding", input="hi")
         assert info.value.code == "unsupported_endpoint"
         assert state.requests == []
+
+
+def test_token_refresh_and_chat_go_through_the_egress_proxy(google) -> None:
+    """Both the google-auth token request and the Vertex call use HTTP_PROXY (and not with proxy: false)."""
+    from fakes.forward_proxy import ForwardProxy
+
+    _state, url, account = google
+    with ForwardProxy() as proxy:
+        with Gateway(config(url, account), env={"HTTP_PROXY": proxy.url}) as gw, client_for(gw) as client:
+            reply = client.chat.completions.create(model="gemini-2.0-flash", messages=HELLO)
+            assert reply.choices[0].message.content == "Hello from Gemini"
+        assert any(line.startswith(f"POST {url}/token ") for line in proxy.seen), proxy.seen
+        assert any(line.startswith(f"POST {url}{OPENAPI} ") for line in proxy.seen), proxy.seen
+        proxy.seen.clear()
+        direct = config(url, account, "    proxy: false\n")
+        with Gateway(direct, env={"HTTP_PROXY": proxy.url}) as gw, client_for(gw) as client:
+            client.chat.completions.create(model="gemini-2.0-flash", messages=HELLO)
+        # (the SDK itself honours HTTP_PROXY on its way to the gateway: those lines are not the gateway's)
+        assert [line for line in proxy.seen if url in line] == []

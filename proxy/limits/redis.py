@@ -1,0 +1,574 @@
+"""`Counters` on Redis: the algorithm of `MemoryCounters`, as one Lua script.
+
+The script is sent once and then called with EVALSHA on the store's pipelined
+connection (`RedisStore.fast`); after a Redis restart emptied the script cache, the
+NOSCRIPT answer sends it again once. One call admits a request in every scope (or in
+none); one call settles it. Time is Redis's
+own clock (`TIME`), so replicas with skewed clocks still share one window.
+
+Keys live under `relaygate:lim:<scope>:` (scope `k:<key>`, `r:<route>`, `p:<provider>`) and
+expire on their own once a scope is idle. One script touches every scope of a request, so
+the scopes must live on one Redis node: a single Redis (with replicas for failover) serves;
+Redis Cluster does not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from ..state import StateUnavailable
+from ..state.resp import RespError, encode
+from .windows import KINDS, LEASE_MS, NANO, WINDOW_MS, Counters, ScopeCheck, ScopeEnd, Verdict, WindowInfo
+
+if TYPE_CHECKING:
+    from ..state import RedisStore
+
+log = logging.getLogger("relaygate.limits")
+NS = "relaygate:lim:"
+#: After a failed call, requests skip Redis (and get `on_error` at once) for this long,
+#: so a dead or black-holed Redis costs one timeout per interval, not one per request.
+PROBE_INTERVAL = 0.5
+_OPS = ("admit", "finish", "touch", "peek")
+
+SCRIPT = r"""
+-- relaygate limits: admission and settlement over every scope of a request, atomically.
+-- Per scope p (prefix "relaygate:lim:<scope>:"):
+--   p..'w'  ZSET  admissions in the window (member: reservation id, score: ms); rpm counts them
+--   p..'h'  HASH  reservation id -> tokens; '#' token sum; '+' excess entries; '@' next TTL refresh
+--   p..'c'  ZSET  concurrency leases (score: lease end)
+--   p..'b'  ZSET  budget reservation leases;  p..'bh' HASH id -> nano-USD, '#' their sum
+--   p..'s:'..period  STRING  nano-USD spent in that budget period
+local op = ARGV[1]
+local W = tonumber(ARGV[2])
+local LEASE = tonumber(ARGV[3])
+local NS = ARGV[4]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local horizon = '(' .. (now - W)
+
+local function split(s)
+  local out, i = {}, 1
+  while true do
+    local j = string.find(s, '\0', i, true)
+    if not j then out[#out + 1] = string.sub(s, i); return out end
+    out[#out + 1] = string.sub(s, i, j - 1)
+    i = j + 1
+  end
+end
+
+-- HMGET + HDEL of `members` in hash `key`, in chunks (unpack has a stack limit): their sum.
+local function take_sum(key, members)
+  local s = 0
+  for i = 1, #members, 500 do
+    local chunk = {unpack(members, i, math.min(i + 499, #members))}
+    for _, v in ipairs(redis.call('HMGET', key, unpack(chunk))) do
+      if v then s = s + tonumber(v) end
+    end
+    redis.call('HDEL', key, unpack(chunk))
+  end
+  return s
+end
+
+-- A scope of an admission: prefix rpm tpm conc tokens budget spent_key cost period_left
+local scopes = {}
+local function read(i)
+  local f = scopes[i]
+  if not f then
+    local r = split(ARGV[i])
+    f = {p = NS .. r[1] .. ':', rpm = tonumber(r[2]), tpm = tonumber(r[3]), conc = tonumber(r[4]),
+         tokens = tonumber(r[5]), budget = tonumber(r[6]), spent_key = r[7], cost = tonumber(r[8]),
+         left = tonumber(r[9])}
+    scopes[i] = f
+  end
+  return f
+end
+
+-- Drop what has left the window (or whose lease ran out); note the scope's state in `f`.
+local function purge(f)
+  local p = f.p
+  if f.tpm > 0 then
+    local old = redis.call('ZRANGEBYSCORE', p .. 'w', '-inf', horizon)
+    local freed, extra = 0, 0
+    if #old > 0 then
+      for _, m in ipairs(old) do if string.sub(m, -1) == '+' then extra = extra + 1 end end
+      freed = take_sum(p .. 'h', old)
+      redis.call('ZREMRANGEBYSCORE', p .. 'w', '-inf', horizon)
+    end
+    local h = redis.call('HMGET', p .. 'h', '#', '+', '@')
+    f.used = math.max((tonumber(h[1]) or 0) - freed, 0)
+    f.excess = math.max((tonumber(h[2]) or 0) - extra, 0)
+    f.refresh = tonumber(h[3]) or 0
+    if #old > 0 then redis.call('HSET', p .. 'h', '#', f.used, '+', f.excess) end
+    f.n = redis.call('ZCARD', p .. 'w') - f.excess
+  elseif f.rpm > 0 then
+    redis.call('ZREMRANGEBYSCORE', p .. 'w', '-inf', horizon)
+    f.n = redis.call('ZCARD', p .. 'w')
+  end
+  if f.conc > 0 then
+    redis.call('ZREMRANGEBYSCORE', p .. 'c', '-inf', now)
+    f.inflight = redis.call('ZCARD', p .. 'c')
+  end
+  if f.budget > 0 then
+    local gone = redis.call('ZRANGEBYSCORE', p .. 'b', '-inf', now)
+    local freed = 0
+    if #gone > 0 then
+      freed = take_sum(p .. 'bh', gone)
+      redis.call('ZREMRANGEBYSCORE', p .. 'b', '-inf', now)
+    end
+    f.reserved = math.max(tonumber(redis.call('HGET', p .. 'bh', '#') or '0') - freed, 0)
+    if freed > 0 then redis.call('HSET', p .. 'bh', '#', f.reserved) end
+    f.spent = tonumber(redis.call('GET', p .. 's:' .. f.spent_key) or '0')
+  end
+end
+
+-- When the k-th oldest admission (1-based, excess entries skipped) leaves the window.
+local function leaves(p, k)
+  local start, seen = 0, 0
+  while true do
+    local e = redis.call('ZRANGE', p .. 'w', start, start + 99, 'WITHSCORES')
+    if #e == 0 then return W end
+    for i = 1, #e, 2 do
+      if string.sub(e[i], -1) ~= '+' then
+        seen = seen + 1
+        if seen >= k then return tonumber(e[i + 1]) + W + 1 - now end
+      end
+    end
+    start = start + 100
+  end
+end
+
+-- When enough tokens leave the window for `need` more to fit.
+local function tokens_free(p, need)
+  local start = 0
+  while need > 0 do
+    local e = redis.call('ZRANGE', p .. 'w', start, start + 99, 'WITHSCORES')
+    if #e == 0 then break end
+    local members = {}
+    for i = 1, #e, 2 do members[#members + 1] = e[i] end
+    local vals = redis.call('HMGET', p .. 'h', unpack(members))
+    for i = 1, #members do
+      need = need - tonumber(vals[i] or '0')
+      if need <= 0 then return tonumber(e[2 * i]) + W + 1 - now end
+    end
+    start = start + 100
+  end
+  return W
+end
+
+local function check(f, index, rej)
+  local ok = true
+  if f.rpm > 0 and f.n >= f.rpm then
+    rej[#rej + 1] = index; rej[#rej + 1] = 1; rej[#rej + 1] = leaves(f.p, f.n - f.rpm + 1)
+    ok = false
+  end
+  if f.tpm > 0 and f.used + f.tokens > f.tpm then
+    local wait = W
+    if f.tokens <= f.tpm then wait = tokens_free(f.p, f.used + f.tokens - f.tpm) end
+    rej[#rej + 1] = index; rej[#rej + 1] = 2; rej[#rej + 1] = wait
+    ok = false
+  end
+  if f.conc > 0 and f.inflight >= f.conc then
+    rej[#rej + 1] = index; rej[#rej + 1] = 3; rej[#rej + 1] = 1000
+    ok = false
+  end
+  if f.budget > 0 and f.spent + f.reserved + f.cost > f.budget then
+    rej[#rej + 1] = index; rej[#rej + 1] = 4; rej[#rej + 1] = f.left
+    ok = false
+  end
+  return ok
+end
+
+local function take(f, rid)
+  local p = f.p
+  if f.rpm > 0 or f.tpm > 0 then
+    redis.call('ZADD', p .. 'w', now, rid)
+    f.n = (f.n or 0) + 1
+    if f.tpm > 0 then
+      f.used = f.used + f.tokens
+      redis.call('HSET', p .. 'h', rid, f.tokens, '#', f.used)
+      if now >= f.refresh then  -- idle scopes vanish on their own; refreshed once a second, not per call
+        redis.call('PEXPIRE', p .. 'w', W + 2000)
+        redis.call('PEXPIRE', p .. 'h', W + 2000)
+        redis.call('HSET', p .. 'h', '@', now + 1000)
+      end
+    else
+      redis.call('PEXPIRE', p .. 'w', W + 2000)
+    end
+  end
+  if f.conc > 0 then
+    redis.call('ZADD', p .. 'c', now + LEASE, rid)
+    redis.call('PEXPIRE', p .. 'c', LEASE + 1000)
+  end
+  if f.budget > 0 then
+    f.reserved = f.reserved + f.cost
+    redis.call('ZADD', p .. 'b', now + LEASE, rid)
+    redis.call('HSET', p .. 'bh', rid, f.cost, '#', f.reserved)
+    redis.call('PEXPIRE', p .. 'b', LEASE + 1000)
+    redis.call('PEXPIRE', p .. 'bh', LEASE + 1000)
+  end
+end
+
+-- One request's admission; its reply is appended to `out`, preceded by its length.
+local function admit_one(pos, out)
+  local rid = ARGV[pos]
+  local nreq, nany = tonumber(ARGV[pos + 1]), tonumber(ARGV[pos + 2])
+  local base = pos + 3
+  for k = 0, nreq + nany - 1 do purge(read(base + k)) end
+  local rej = {}
+  local ok = true
+  for k = 0, nreq - 1 do
+    if not check(read(base + k), k, rej) then ok = false end
+  end
+  local status, chosen = 0, -1
+  if not ok then status = 1 end
+  if ok and nany > 0 then
+    for k = 0, nany - 1 do
+      if check(read(base + nreq + k), nreq + k, rej) then chosen = k; break end
+    end
+    if chosen < 0 then status = 2 end
+  end
+  if status == 0 then
+    for k = 0, nreq - 1 do take(read(base + k), rid) end
+    if chosen >= 0 then take(read(base + nreq + chosen), rid) end
+  end
+  local res = {status, chosen}
+  for k = 0, nreq - 1 do
+    local f = read(base + k)
+    local a, b, c, d = -1, -1, -1, -1
+    if f.rpm > 0 or f.tpm > 0 then
+      local e = redis.call('ZRANGE', f.p .. 'w', 0, 0, 'WITHSCORES')
+      local reset = 0
+      if #e > 0 then reset = tonumber(e[2]) + W + 1 - now end
+      if f.rpm > 0 then a = math.max(f.rpm - f.n, 0); b = reset end
+      if f.tpm > 0 then c = math.max(f.tpm - f.used, 0); d = reset end
+    end
+    res[#res + 1] = a; res[#res + 1] = b; res[#res + 1] = c; res[#res + 1] = d
+  end
+  for _, v in ipairs(rej) do res[#res + 1] = v end
+  out[#out + 1] = #res
+  for _, v in ipairs(res) do out[#out + 1] = v end
+  return base + nreq + nany
+end
+
+-- One request's settlement (or release) in each of its scopes.
+local function finish_one(pos)
+  local rid = ARGV[pos]
+  local n = tonumber(ARGV[pos + 1])
+  for k = 0, n - 1 do
+    local f = split(ARGV[pos + 2 + k])  -- prefix mode rpm tpm conc budget tokens estimate spent_key cost ttl
+    local p, release = NS .. f[1] .. ':', f[2] == 'r'
+    local rpm, tpm, conc, budget = f[3] == '1', f[4] == '1', f[5] == '1', f[6] == '1'
+    local tokens, estimate, spent_key = tonumber(f[7]), tonumber(f[8]), f[9]
+    local cost, ttl = tonumber(f[10]), tonumber(f[11])
+    if tpm then
+      local h = redis.call('HMGET', p .. 'h', rid, '#', '+')
+      local sum = tonumber(h[2]) or 0
+      if h[1] then
+        if release then
+          redis.call('HDEL', p .. 'h', rid)
+          redis.call('HSET', p .. 'h', '#', math.max(sum - tonumber(h[1]), 0))
+        else
+          redis.call('HSET', p .. 'h', rid, tokens, '#', math.max(sum + tokens - tonumber(h[1]), 0))
+        end
+      elseif not release and tokens > estimate then  -- its minute is over: the excess counts from now
+        redis.call('ZADD', p .. 'w', now, rid .. '+')
+        redis.call('HSET', p .. 'h', rid .. '+', tokens - estimate, '#', sum + tokens - estimate,
+                   '+', (tonumber(h[3]) or 0) + 1)
+        redis.call('PEXPIRE', p .. 'w', W + 2000)
+        redis.call('PEXPIRE', p .. 'h', W + 2000)
+      end
+    end
+    if release and (rpm or tpm) then redis.call('ZREM', p .. 'w', rid) end
+    if conc then redis.call('ZREM', p .. 'c', rid) end
+    if budget then
+      local h = redis.call('HMGET', p .. 'bh', rid, '#')
+      if h[1] then
+        redis.call('ZREM', p .. 'b', rid)
+        redis.call('HDEL', p .. 'bh', rid)
+        redis.call('HSET', p .. 'bh', '#', math.max((tonumber(h[2]) or 0) - tonumber(h[1]), 0))
+      end
+      if not release and cost > 0 then
+        local key = p .. 's:' .. spent_key
+        redis.call('INCRBY', key, cost)
+        if ttl > 0 then redis.call('PEXPIRE', key, ttl) end
+      end
+    end
+  end
+  return pos + 2 + n
+end
+
+-- A batch: the requests that asked within one event-loop turn of one process, in order,
+-- each as atomic as if alone (a script runs without interleaving).
+if op == 'admit' or op == 'finish' then
+  local count = tonumber(ARGV[5])
+  local out = {}
+  local pos = 6
+  for _ = 1, count do
+    if op == 'admit' then pos = admit_one(pos, out) else pos = finish_one(pos) end
+  end
+  return table.concat(out, ' ')  -- one string: far cheaper to read than an array of numbers
+end
+
+-- Extend the leases of reservations still in flight: ARGV[5] pairs of (id, scope).
+if op == 'touch' then
+  local n = tonumber(ARGV[5])
+  for k = 0, n - 1 do
+    local rid, p = ARGV[6 + 2 * k], NS .. ARGV[7 + 2 * k] .. ':'
+    for _, key in ipairs({'c', 'b'}) do
+      if redis.call('ZADD', p .. key, 'XX', 'CH', now + LEASE, rid) == 1 then
+        redis.call('PEXPIRE', p .. key, LEASE + 1000)
+      end
+    end
+    redis.call('PEXPIRE', p .. 'bh', LEASE + 1000)
+  end
+  return 1
+end
+
+-- A scope's counters as of now (tests, debugging): requests, tokens, in flight, reserved nano-USD, spent.
+if op == 'peek' then
+  local f = {p = NS .. ARGV[5] .. ':', rpm = 1, tpm = 1, conc = 1, budget = 1, spent_key = ARGV[6]}
+  purge(f)
+  return {f.n, f.used, f.inflight, f.reserved, f.spent}
+end
+return redis.error_reply('relaygate limits: unknown op ' .. tostring(op))
+"""
+
+
+def _settled(fut: asyncio.Future[None]) -> None:
+    if not fut.cancelled() and isinstance(fut.exception(), StateUnavailable):
+        log.debug("a settlement was dropped: shared state down (its leases lapse)")
+
+
+_Admit = tuple[str, Sequence[ScopeCheck], Sequence[ScopeCheck], "asyncio.Future[Verdict]"]
+_Finish = tuple[str, Sequence[ScopeEnd], "asyncio.Future[None]"]
+
+
+class RedisCounters(Counters):
+    """One EVALSHA per admission and one per settlement, or fewer: the calls made within
+    one event-loop turn leave as one batch (one script run, one reply), which is what
+    keeps a busy gateway's cost per request low."""
+
+    def __init__(self, store: RedisStore, window_ms: int = WINDOW_MS, lease_ms: int = LEASE_MS) -> None:
+        super().__init__(window_ms, lease_ms)
+        self.store = store
+        self._client = store.fast
+        self._sha = hashlib.sha1(SCRIPT.encode()).hexdigest()
+        self._head = [window_ms, lease_ms, NS]
+        # "EVALSHA sha 0 op window lease ns", encoded once per op (7 of each call's arguments)
+        self._heads = {op: encode(["EVALSHA", self._sha, 0, op, *self._head])[len(b"*7\r\n") :] for op in _OPS}
+        self._skip_until = 0.0
+        self._admits: list[_Admit] = []
+        self._finishes: list[_Finish] = []
+        #: Reservations of this process holding leases: rid -> (taken at, scope prefixes).
+        self._leases: dict[str, tuple[float, list[str]]] = {}
+        self._refresher: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Future[Any]] = set()
+
+    # -------------------------------------------------------------- calls
+
+    def _skipping(self) -> bool:
+        """While Redis is down, most requests do not wait for it (one probe per interval does)."""
+        return self.store.down and time.monotonic() < self._skip_until
+
+    def _failed(self, exc: BaseException) -> StateUnavailable:
+        self._skip_until = time.monotonic() + PROBE_INTERVAL
+        self.store.mark_down(exc)
+        return StateUnavailable(type(exc).__name__)
+
+    async def _run(self, op: str, args: list[Any]) -> Any:
+        if self._skipping():
+            raise StateUnavailable("shared state down")
+        try:
+            try:
+                result = await self._client.call_with(self._heads[op], 7, args)
+            except RespError as exc:
+                if not str(exc).startswith("NOSCRIPT"):
+                    raise
+                result = await self._client.call("EVAL", SCRIPT, 0, op, *self._head, *args)  # caches it again
+        except self.store.errors as exc:
+            raise self._failed(exc) from exc
+        if self.store.down:
+            self.store.mark_up()
+        return result
+
+    def _submit(self, op: str, args: list[Any], done: Any) -> None:
+        """Send one call without a task of its own when the connection is open; `done(result, error)`."""
+        conn = self._client.ready()
+        if conn is None or self.store.down:  # connecting, or probing: the awaited path
+            self._awaited(op, args, done)
+            return
+
+        def replied(fut: asyncio.Future[Any]) -> None:
+            exc = fut.exception()
+            if exc is None:
+                done(fut.result(), None)
+            elif isinstance(exc, RespError) and str(exc).startswith("NOSCRIPT"):  # Redis restarted: send the script
+                self._awaited(op, args, done)
+            elif isinstance(exc, self.store.errors):
+                done(None, self._failed(exc))
+            else:
+                done(None, exc)
+
+        conn.send(encode(args, self._heads[op], 7)).add_done_callback(replied)
+
+    def _awaited(self, op: str, args: list[Any], done: Any) -> None:
+        """`_run` in a task of its own (it connects, or sends the script), reporting to `done`."""
+
+        def report(task: asyncio.Task[Any]) -> None:
+            self._tasks.discard(task)
+            if task.cancelled():
+                done(None, StateUnavailable("closed"))
+            elif task.exception() is not None:
+                done(None, task.exception())
+            else:
+                done(task.result(), None)
+
+        task = asyncio.ensure_future(self._run(op, args))
+        self._tasks.add(task)
+        task.add_done_callback(report)
+
+    # -------------------------------------------------------------- admit
+
+    async def admit(self, rid: str, required: Sequence[ScopeCheck], any_of: Sequence[ScopeCheck]) -> Verdict:
+        if self._skipping():
+            raise StateUnavailable("shared state down")
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Verdict] = loop.create_future()
+        self._admits.append((rid, required, any_of, fut))
+        if len(self._admits) == 1:
+            loop.call_soon(self._send_admits)
+        return await fut
+
+    def _send_admits(self) -> None:
+        batch, self._admits = self._admits, []
+        args: list[Any] = [len(batch)]
+        for rid, required, any_of, _ in batch:
+            args += (rid, len(required), len(any_of))
+            args += [c.wire() for c in required]
+            args += [c.wire() for c in any_of]
+        self._submit("admit", args, lambda out, exc: self._admitted(batch, out, exc))
+
+    def _admitted(self, batch: list[_Admit], reply: Any, exc: BaseException | None) -> None:
+        out = [int(v) for v in reply.split()] if exc is None else []
+        pos = 0
+        for rid, required, any_of, fut in batch:
+            if exc is not None:
+                if not fut.done():
+                    fut.set_exception(exc)
+                continue
+            size = out[pos]
+            mine = out[pos + 1 : pos + 1 + size]
+            pos += 1 + size
+            n = len(required)
+            info = [WindowInfo(*mine[2 + 4 * i : 6 + 4 * i]) for i in range(n)]
+            rest = mine[2 + 4 * n :]
+            rejections = [(rest[i], KINDS[rest[i + 1]], rest[i + 2]) for i in range(0, len(rest), 3)]
+            verdict = Verdict(mine[0], mine[1], info, rejections)
+            taken = [*required, any_of[verdict.chosen]] if verdict.chosen >= 0 else list(required)
+            if fut.done():  # the caller was cancelled (client gone) before the answer: give it all back
+                if verdict.status == 0:
+                    ends = [ScopeEnd(c.prefix, True, rpm=bool(c.rpm), tpm=bool(c.tpm), concurrency=bool(c.concurrency),
+                                     budget=bool(c.budget)) for c in taken]  # fmt: skip
+                    orphan: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+                    orphan.add_done_callback(lambda f: f.cancelled() or f.exception())  # nobody awaits it
+                    self._finishes.append((rid, ends, orphan))
+                    if len(self._finishes) == 1:
+                        asyncio.get_running_loop().call_soon(self._send_finishes)
+                continue
+            if verdict.status == 0:
+                leased = [c.prefix for c in taken if c.concurrency or c.budget]
+                if leased:
+                    self._leases[rid] = (time.monotonic(), leased)
+                    if self._refresher is None:
+                        self._refresher = asyncio.get_running_loop().create_task(self._refresh())
+            fut.set_result(verdict)
+
+    # -------------------------------------------------------------- finish
+
+    async def finish(self, rid: str, ends: Sequence[ScopeEnd]) -> None:
+        await self._queue_finishes([(rid, ends)])
+
+    def settle_soon(self, items: Sequence[tuple[str, Sequence[ScopeEnd]]]) -> None:
+        fut = self._queue_finishes(items)
+        fut.add_done_callback(_settled)
+
+    def _queue_finishes(self, items: Sequence[tuple[str, Sequence[ScopeEnd]]]) -> asyncio.Future[None]:
+        """Queue settlements now; the future says when Redis has applied them."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[None] = loop.create_future()
+        if self._skipping():
+            fut.set_exception(StateUnavailable("shared state down"))
+            return fut
+        for rid, ends in items:
+            held = self._leases.get(rid)
+            if held is not None:
+                left = [p for p in held[1] if all(e.prefix != p for e in ends)]
+                if left:
+                    self._leases[rid] = (held[0], left)
+                else:
+                    del self._leases[rid]
+            self._finishes.append((rid, ends, fut))
+        if len(self._finishes) == len(items):
+            loop.call_soon(self._send_finishes)
+        return fut
+
+    def _send_finishes(self) -> None:
+        batch, self._finishes = self._finishes, []
+        args: list[Any] = [len(batch)]
+        for rid, ends, _ in batch:
+            args += (rid, len(ends))
+            args += [e.wire() for e in ends]
+
+        def finished(_out: Any, exc: BaseException | None) -> None:
+            for _, _, fut in batch:
+                if fut.done():
+                    continue
+                if exc is None:
+                    fut.set_result(None)
+                else:
+                    fut.set_exception(exc)
+
+        self._submit("finish", args, finished)
+
+    async def _refresh(self) -> None:
+        """Extend the leases of long requests (streams) while they last; ends when none is left."""
+        period = self.lease_ms / 3000
+        try:
+            while self._leases:
+                await asyncio.sleep(period)
+                old = time.monotonic() - period
+                due = [(rid, p) for rid, (at, prefixes) in list(self._leases.items()) if at <= old for p in prefixes]
+                if due:
+                    with contextlib.suppress(StateUnavailable):
+                        await self.touch(due)
+        finally:
+            self._refresher = None
+
+    async def close(self) -> None:
+        for pending in (self._refresher, *self._tasks):
+            if pending is not None:
+                pending.cancel()
+                with contextlib.suppress(asyncio.CancelledError, StateUnavailable):
+                    await pending
+
+    async def touch(self, leases: Sequence[tuple[str, str]]) -> None:
+        args: list[Any] = [len(leases)]
+        for rid, prefix in leases:
+            args += [rid, prefix]
+        await self._run("touch", args)
+
+    async def snapshot(self, prefix: str, spent_key: str = "") -> dict[str, float]:
+        requests, tokens, inflight, reserved, spent = await self._run("peek", [prefix, spent_key])
+        return {
+            "requests": requests,
+            "tokens": tokens,
+            "concurrency": inflight,
+            "reserved_usd": reserved / NANO,
+            "spent_usd": spent / NANO,
+        }
