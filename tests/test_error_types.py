@@ -27,7 +27,7 @@ from proxy.errors import (
     error_for_status,
     upstream_error_type,
 )
-from proxy.upstream import lean
+from proxy.upstream import transport
 from proxy.upstream.openai_compat import OpenAICompatibleProvider
 
 PACKAGES = ("proxy", "relaygate_bedrock", "relaygate_azure", "relaygate_vertex")
@@ -111,13 +111,15 @@ def test_openai_compatible_answers(status: int) -> None:
 
 
 def test_transport_failures_are_upstream() -> None:
-    provider = _openai_provider()
-    got = {
-        provider.transport_error(TimeoutError()).error_type,
-        provider.transport_error(lean.ConnectFailed("refused")).error_type,
-        provider.transport_error(aiohttp.ServerDisconnectedError()).error_type,
-    }
-    assert got == {"upstream_timeout", "upstream_unavailable", "upstream_error"}
+    upstream = _openai_provider().upstream
+    failures = [
+        TimeoutError(), transport.PoolTimeout("full"), transport.TLSFailed("no", "bad certificate"),
+        transport.ConnectFailed("refused"), transport.ResponseTooLarge("big"), transport.ProtocolError("garbled"),
+        aiohttp.ServerDisconnectedError(), RuntimeError("anything else"),
+    ]  # fmt: skip
+    got = [upstream.transport_error(exc).error_type for exc in failures]
+    assert got == ["upstream_timeout", "upstream_unavailable", "upstream_unavailable", "upstream_unavailable",
+                   "upstream_error", "upstream_error", "upstream_error", "upstream_error"]
 
 
 def test_bedrock_answers_count_as_upstream_whatever_class_renders_them() -> None:

@@ -282,4 +282,27 @@ def test_responses_api_requests_are_counted(upstream: FakeOpenAI, make_gateway: 
     got = scrape(gw.url)
     assert got.total("relaygate_requests_total", model="gpt-4o", provider="up", status="200") == 1
     assert got.total("gen_ai_server_request_duration_seconds_count", gen_ai_operation_name="chat") == 1
-    assert got.total("relaygate_tokens_total", model="gpt-4o", type="input") == 12
+    usage = created.json["usage"]
+    cached = usage["input_tokens_details"]["cached_tokens"]
+    assert got.total("relaygate_tokens_total", model="gpt-4o", type="input") == usage["input_tokens"] - cached
+    assert got.total("relaygate_tokens_total", model="gpt-4o", type="cached_input") == cached
+    assert got.total("relaygate_tokens_total", model="gpt-4o", type="output") == usage["output_tokens"]
+
+
+def test_limit_rejections_and_cost_are_counted(upstream: FakeOpenAI, make_gateway: Callable[..., Gateway]) -> None:
+    text = _config(upstream).replace(
+        '    - {name: team-a, key: "${CLIENT_KEY}"}\n',
+        '    - {name: team-a, key: "${CLIENT_KEY}", limits: {rpm: 2}}\n',
+    ).replace("  - {model: gpt-4o, to: up}\n",
+              "  - {model: gpt-4o, to: up, price: {input: 1000000, output: 2000000}}\n")  # USD per token: 1 and 2
+    gw = make_gateway(text)
+    statuses = [post_json(f"{gw.base_url}/chat/completions", {"model": "gpt-4o", "messages": CHAT}) for _ in range(3)]
+    assert [r.status for r in statuses] == [200, 200, 429]
+    assert until(lambda: scrape(gw.url).total("relaygate_requests_total") == 3)
+    got = scrape(gw.url)
+    assert got.total("relaygate_limit_rejections_total", scope="key", kind="requests") == 1
+    assert got.total("relaygate_limit_rejections_total") == 1
+    assert got.total("relaygate_requests_total", status="429", error_type="limit_requests", client="team-a") == 1
+    usage = [r.json["usage"] for r in statuses[:2]]
+    expected = sum(u["prompt_tokens"] * 1.0 + u["completion_tokens"] * 2.0 for u in usage)  # USD at these prices
+    assert got.total("relaygate_cost_usd_total", client="team-a", model="gpt-4o") == pytest.approx(expected)

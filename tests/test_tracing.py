@@ -231,3 +231,37 @@ def test_without_otlp_opentelemetry_is_never_imported() -> None:
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_retries_and_an_open_breaker_show_in_spans_and_metrics(
+    upstream: FakeOpenAI, collector: tuple[Collector, str], make_gateway: Callable[..., Gateway]
+) -> None:
+    """Two tries on `flaky` (a retry), its breaker opens, `up` answers: three sibling spans, exact counters."""
+    from telemetry_helpers import scrape
+
+    upstream.on("sick-model", Behaviour(status=502))
+    providers = (
+        f"  flaky: {{type: openai, base_url: \"{upstream.url}/v1\", api_key: \"${{UPSTREAM_KEY}}\","
+        " retries: {attempts: 2, backoff: 0.01, max_backoff: 1}, breaker: {failures: 2, cooldown: 60}}\n"
+    )
+    routes = "  - {model: resilient, to: [{provider: flaky, model: sick-model}, {provider: up, model: gpt-4o}]}\n"
+    telemetry = f"telemetry:\n  otlp: {{endpoint: \"{collector[1]}\"}}\n"
+    gw = make_gateway(telemetry + config_yaml(upstream.url, extra_providers=providers, routes=routes))
+    exporter = InMemorySpanExporter()
+    assert gw.runtime.tracing is not None
+    gw.runtime.tracing.add_processor(SimpleSpanProcessor(exporter))
+    with openai.OpenAI(base_url=gw.base_url, api_key=CLIENT_KEY, max_retries=0) as client:
+        client.chat.completions.create(model="resilient", messages=CHAT)
+    spans = _finished(exporter, 4)
+    attempts = sorted((s for s in spans if s.kind == SpanKind.CLIENT), key=lambda s: s.start_time or 0)
+    described = [(s.attributes["gen_ai.provider.name"], s.attributes["relaygate.retry"], s.attributes.get("error.type"))
+                 for s in attempts if s.attributes is not None]
+    assert described == [("flaky", 0, "upstream_error"), ("flaky", 1, "upstream_error"), ("up", 0, None)]
+    assert until(lambda: scrape(gw.url).total("relaygate_requests_total") == 1)
+    got = scrape(gw.url)
+    assert got.total("relaygate_retries_total", provider="flaky") == 1
+    assert got.total("relaygate_retries_total", provider="up") == 0
+    assert got.total("relaygate_fallbacks_total", provider="flaky", reason="upstream_error") == 1
+    assert got.total("relaygate_fallbacks_total") == 1
+    assert got.total("relaygate_breaker_open", provider="flaky") == 1  # open after two failures in a row
+    assert got.total("relaygate_breaker_open", provider="up") == 0
