@@ -21,7 +21,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import uvloop
 from loadgen import run_load
 from run import (
     HOST,
@@ -30,6 +29,7 @@ from run import (
     gateway_config,
     processes,
     request_bytes,
+    run_bench,
     spawn,
     start_gateway,
     start_mock,
@@ -122,7 +122,7 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=3.0)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--mode", default="json,stream", help="json, stream or both (comma list)")
-    uvloop.run(main_async(parser.parse_args()))
+    run_bench(main_async(parser.parse_args()))
 
 
 if __name__ == "__main__":
