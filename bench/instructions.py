@@ -41,7 +41,19 @@ import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from loadgen import build_request, connect
-from run import CLIENT_KEY, HOST, REF_PLUGINS, Proc, chat_request, free_port, ref_tree, spawn, start_mock, wait_ready
+from run import (
+    BENCH,
+    CLIENT_KEY,
+    HOST,
+    REF_PLUGINS,
+    Proc,
+    chat_request,
+    free_port,
+    ref_tree,
+    spawn,
+    start_mock,
+    wait_ready,
+)
 
 from proxy.testing import RedisServer
 
@@ -57,6 +69,7 @@ class Variant:
     route_extra: str = ""  # added to the route's mapping
     redis: bool = False
     ref: bool = False  # the --ref build
+    bare: bool = False  # bench/bare_forwarder.py instead of the gateway
 
     def body(self, stream: bool) -> bytes:
         chat = chat_request(stream)
@@ -82,6 +95,7 @@ VARIANTS: dict[str, Variant] = {
     )
 }
 REF = Variant("ref", "the --ref build, its default config", ref=True)
+VARIANTS["bare"] = Variant("bare", "the bare aiohttp forwarder (DESIGN §3's yardstick)", bare=True)
 
 
 def config_text(variant: Variant, upstream: int, redis_url: str | None, only: bool) -> str:
@@ -138,8 +152,10 @@ def count(variant: Variant, workdir: Path, mock: Proc, tree: Path | None, *, n: 
         config.write_text(config_text(variant, mock.port, redis_url, only))
         port = free_port()
         out = str(workdir / f"callgrind.{variant.name}.{'stream' if stream else 'json'}")
-        argv = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}",
-                sys.executable, "-m", "proxy", "serve", "--config", str(config), "--port", str(port)]
+        program = ([sys.executable, str(BENCH / "bare_forwarder.py"), "--port", str(port),
+                    "--upstream", f"http://{HOST}:{mock.port}"] if variant.bare else
+                   [sys.executable, "-m", "proxy", "serve", "--config", str(config), "--port", str(port)])  # fmt: skip
+        argv = ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}", *program]
         proc = spawn(f"gw-{variant.name}", argv, port, workdir, stdout=os.devnull,
                      pythonpath=tree if variant.ref else None)
         stack.callback(proc.stop)
@@ -171,6 +187,7 @@ def main() -> None:
     parser.add_argument("--mode", choices=("json", "stream", "both"), default="both")
     parser.add_argument("--requests", type=int, default=300, help="requests counted per variant and mode")
     parser.add_argument("--warmup", type=int, default=100)
+    parser.add_argument("--keep", help="copy the callgrind dumps here (for callgrind_annotate)")
     args = parser.parse_args()
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is not installed (Debian package valgrind)")
@@ -188,6 +205,10 @@ def main() -> None:
                             stream=mode == "stream", only=args.ref is not None)  # fmt: skip
                 results[(variant.name, mode)] = per
                 print(f"  .. {variant.name} {mode}: {per / 1e3:,.0f} k instructions/request", flush=True)
+        if args.keep:
+            Path(args.keep).mkdir(parents=True, exist_ok=True)
+            for dump in glob.glob(str(workdir / "callgrind.*")):
+                shutil.copy(dump, args.keep)
         base: Callable[[str], float | None] = lambda mode: results.get((variants[0].name, mode))  # noqa: E731
         print(f"\n| variant | what | mode | k instructions / request | ÷ {variants[0].name} |")
         print("|---|---|---|---:|---:|")

@@ -15,8 +15,8 @@ level and so before any handler or key check runs:
 - malformed requests are answered with OpenAI-shaped JSON and logged as one short line,
   rate-limited, with no traceback and none of the request's bytes (which may hold a key).
 
-The common case costs one Python frame per read: a request whose headers arrive in one
-read starts no timer (a new connection starts one, cancelled by its first request).
+The common case costs one Python frame per read and no timer: each connection has one
+header clock, re-armed when it fires, and a request only notes when its head began.
 """
 
 from __future__ import annotations
@@ -97,14 +97,15 @@ class Guard:
 class GuardedHandler(RequestHandler):
     """aiohttp's per-connection protocol with the guard's limits (see the module docstring)."""
 
-    __slots__ = ("_body", "_counted", "_guard", "_header_bytes", "_header_mark", "_header_timer")
+    __slots__ = ("_body", "_counted", "_guard", "_head_since", "_header_bytes", "_header_timer")
 
     def __init__(self, manager: web.Server, guard: Guard, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._guard = guard
         self._counted = False
         self._header_bytes = 0
-        self._header_mark = 0
+        #: When the head being received began (loop time); None while no head is under way.
+        self._head_since: float | None = None
         self._header_timer: asyncio.TimerHandle | None = None
         self._body: StreamReader = EMPTY_PAYLOAD  # the payload of the last request whose headers are in
 
@@ -120,14 +121,19 @@ class GuardedHandler(RequestHandler):
         guard.open += 1
         self._counted = True
         super().connection_made(transport)
-        self._start_header_clock()
+        # A new connection is on the clock from the start. One timer per connection,
+        # re-armed when it fires: a request costs no timer, only a timestamp.
+        self._head_since = self._loop.time()
+        self._header_timer = self._loop.call_later(guard.header_timeout, self._check_head)
 
     def connection_lost(self, exc: BaseException | None) -> None:
         if not self._counted:
             return  # refused in connection_made: nothing was started
         self._counted = False
         self._guard.open -= 1
-        self._stop_header_clock()
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
         super().connection_lost(exc)
 
     # -------------------------------------------------------------- reading
@@ -143,11 +149,11 @@ class GuardedHandler(RequestHandler):
             self._header_bytes += len(data)
             if self._header_bytes > self._guard.max_header_size:
                 self._refuse(self._guard.too_large, "sent more than server.max_header_size of headers")
-            elif self._header_timer is None:
-                self._start_header_clock()
+            elif self._head_since is None:
+                self._head_since = self._loop.time()
             return
         self._header_bytes = 0
-        self._stop_header_clock()
+        self._head_since = None
         messages = self._messages
         for i in range(len(messages) - (self._request_count - before), len(messages)):
             message, payload = messages[i]
@@ -159,19 +165,22 @@ class GuardedHandler(RequestHandler):
             else:
                 self._body = payload
 
-    def _start_header_clock(self) -> None:
-        self._header_mark = self._request_count
-        self._header_timer = self._loop.call_later(self._guard.header_timeout, self._header_clock_ran_out)
-
-    def _stop_header_clock(self) -> None:
-        if self._header_timer is not None:
-            self._header_timer.cancel()
-            self._header_timer = None
-
-    def _header_clock_ran_out(self) -> None:
+    def _check_head(self) -> None:
+        """The connection's header clock: refuse a head that took too long, else re-arm."""
         self._header_timer = None
-        if self._request_count == self._header_mark and self._body.is_eof():
-            self._refuse(self._guard.too_slow, "did not send its headers within server.header_timeout")
+        if self._close or self._force_close or self.transport is None:
+            return
+        timeout = self._guard.header_timeout
+        since = self._head_since
+        now = self._loop.time()
+        if since is not None and self._body.is_eof():
+            if now - since >= timeout:
+                self._refuse(self._guard.too_slow, "did not send its headers within server.header_timeout")
+                return
+            wait = since + timeout - now
+        else:
+            wait = timeout
+        self._header_timer = self._loop.call_later(wait, self._check_head)
 
     def _refuse(self, response: bytes, why: str) -> None:
         """Answer (when no response of ours is under way) and close the connection."""
