@@ -40,7 +40,7 @@ from pathlib import Path
 import orjson
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from loadgen import build_request, connect
+from loadgen import build_request, connect, run_load
 from run import (
     BENCH,
     CLIENT_KEY,
@@ -131,7 +131,12 @@ def _control(pid: int, *args: str) -> None:
     subprocess.run(["callgrind_control", *args, str(pid)], check=True, capture_output=True, timeout=120)
 
 
-async def _requests(port: int, raw: bytes, n: int) -> None:
+async def _requests(port: int, raw: bytes, n: int, concurrency: int = 1) -> None:
+    if concurrency > 1:
+        result = await run_load(HOST, port, raw, concurrency=concurrency, duration=None, requests=n)
+        if result.errors:
+            raise RuntimeError(f"{result.errors} requests failed")
+        return
     conn = await connect(HOST, port)
     try:
         for _ in range(n):
@@ -144,7 +149,7 @@ async def _requests(port: int, raw: bytes, n: int) -> None:
 
 
 def count(variant: Variant, workdir: Path, mock: Proc, tree: Path | None, *, n: int, warm: int, stream: bool,
-          only: bool) -> float:
+          only: bool, concurrency: int = 1) -> float:
     """Instructions per request of one variant (N requests inside the counted window)."""
     with contextlib.ExitStack() as stack:
         redis_url = stack.enter_context(RedisServer()).url if variant.redis else None
@@ -162,9 +167,9 @@ def count(variant: Variant, workdir: Path, mock: Proc, tree: Path | None, *, n: 
         wait_ready(proc, timeout=180)
         headers = {"Content-Type": "application/json", "Authorization": f"Bearer {CLIENT_KEY}"}
         raw = build_request(HOST, port, variant.path, variant.body(stream), headers)
-        asyncio.run(_requests(port, raw, warm))
+        asyncio.run(_requests(port, raw, warm, concurrency))
         _control(proc.popen.pid, "-i", "on")
-        asyncio.run(_requests(port, raw, n))
+        asyncio.run(_requests(port, raw, n, concurrency))
         time.sleep(0.2)  # the access log's flush and the last callbacks run inside the window
         _control(proc.popen.pid, "-d")
         _control(proc.popen.pid, "-i", "off")
@@ -187,6 +192,7 @@ def main() -> None:
     parser.add_argument("--mode", choices=("json", "stream", "both"), default="both")
     parser.add_argument("--requests", type=int, default=300, help="requests counted per variant and mode")
     parser.add_argument("--warmup", type=int, default=100)
+    parser.add_argument("--concurrency", type=int, default=1, help="connections with a request in flight")
     parser.add_argument("--keep", help="copy the callgrind dumps here (for callgrind_annotate)")
     args = parser.parse_args()
     if shutil.which("valgrind") is None:
@@ -202,7 +208,8 @@ def main() -> None:
         for variant in variants:
             for mode in modes:
                 per = count(variant, workdir, mock, tree, n=args.requests, warm=args.warmup,
-                            stream=mode == "stream", only=args.ref is not None)  # fmt: skip
+                            stream=mode == "stream", only=args.ref is not None,
+                            concurrency=args.concurrency)  # fmt: skip
                 results[(variant.name, mode)] = per
                 print(f"  .. {variant.name} {mode}: {per / 1e3:,.0f} k instructions/request", flush=True)
         if args.keep:
