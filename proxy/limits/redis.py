@@ -19,11 +19,11 @@ import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..state import StateUnavailable
-from ..state.resp import RespError, encode
+from ..state.resp import RespConnectionError, RespError, encode
 from .windows import KINDS, LEASE_MS, NANO, WINDOW_MS, Counters, ScopeCheck, ScopeEnd, Verdict, WindowInfo
 
 if TYPE_CHECKING:
@@ -75,15 +75,16 @@ local function take_sum(key, members)
   return s
 end
 
--- A scope of an admission: prefix rpm tpm conc tokens budget spent_key cost period_left
+-- A batch's fields (ARGV[6], NUL-separated): one string is far cheaper to send than many.
+local A = {}
+-- A scope of an admission, 9 fields from A[i]: prefix rpm tpm conc tokens budget spent_key cost period_left
 local scopes = {}
 local function read(i)
   local f = scopes[i]
   if not f then
-    local r = split(ARGV[i])
-    f = {p = NS .. r[1] .. ':', rpm = tonumber(r[2]), tpm = tonumber(r[3]), conc = tonumber(r[4]),
-         tokens = tonumber(r[5]), budget = tonumber(r[6]), spent_key = r[7], cost = tonumber(r[8]),
-         left = tonumber(r[9])}
+    f = {p = NS .. A[i] .. ':', rpm = tonumber(A[i + 1]), tpm = tonumber(A[i + 2]), conc = tonumber(A[i + 3]),
+         tokens = tonumber(A[i + 4]), budget = tonumber(A[i + 5]), spent_key = A[i + 6], cost = tonumber(A[i + 7]),
+         left = tonumber(A[i + 8])}
     scopes[i] = f
   end
   return f
@@ -214,32 +215,33 @@ local function take(f, rid)
   end
 end
 
--- One request's admission; its reply is appended to `out`, preceded by its length.
+-- One request's admission (from A[pos]: id, nreq, nany, then 9 fields per scope); its reply
+-- is appended to `out`, preceded by its length.
 local function admit_one(pos, out)
-  local rid = ARGV[pos]
-  local nreq, nany = tonumber(ARGV[pos + 1]), tonumber(ARGV[pos + 2])
+  local rid = A[pos]
+  local nreq, nany = tonumber(A[pos + 1]), tonumber(A[pos + 2])
   local base = pos + 3
-  for k = 0, nreq + nany - 1 do purge(read(base + k)) end
+  for k = 0, nreq + nany - 1 do purge(read(base + 9 * k)) end
   local rej = {}
   local ok = true
   for k = 0, nreq - 1 do
-    if not check(read(base + k), k, rej) then ok = false end
+    if not check(read(base + 9 * k), k, rej) then ok = false end
   end
   local status, chosen = 0, -1
   if not ok then status = 1 end
   if ok and nany > 0 then
     for k = 0, nany - 1 do
-      if check(read(base + nreq + k), nreq + k, rej) then chosen = k; break end
+      if check(read(base + 9 * (nreq + k)), nreq + k, rej) then chosen = k; break end
     end
     if chosen < 0 then status = 2 end
   end
   if status == 0 then
-    for k = 0, nreq - 1 do take(read(base + k), rid) end
-    if chosen >= 0 then take(read(base + nreq + chosen), rid) end
+    for k = 0, nreq - 1 do take(read(base + 9 * k), rid) end
+    if chosen >= 0 then take(read(base + 9 * (nreq + chosen)), rid) end
   end
   local res = {status, chosen}
   for k = 0, nreq - 1 do
-    local f = read(base + k)
+    local f = read(base + 9 * k)
     local a, b, c, d = -1, -1, -1, -1
     if f.rpm > 0 or f.tpm > 0 then
       local e = redis.call('ZRANGE', f.p .. 'w', 0, 0, 'WITHSCORES')
@@ -253,19 +255,20 @@ local function admit_one(pos, out)
   for _, v in ipairs(rej) do res[#res + 1] = v end
   out[#out + 1] = #res
   for _, v in ipairs(res) do out[#out + 1] = v end
-  return base + nreq + nany
+  return base + 9 * (nreq + nany)
 end
 
--- One request's settlement (or release) in each of its scopes.
+-- One request's settlement (or release) in each of its scopes (from A[pos]: id, n, then 11
+-- fields per scope: prefix mode rpm tpm conc budget tokens estimate spent_key cost ttl).
 local function finish_one(pos)
-  local rid = ARGV[pos]
-  local n = tonumber(ARGV[pos + 1])
+  local rid = A[pos]
+  local n = tonumber(A[pos + 1])
   for k = 0, n - 1 do
-    local f = split(ARGV[pos + 2 + k])  -- prefix mode rpm tpm conc budget tokens estimate spent_key cost ttl
-    local p, release = NS .. f[1] .. ':', f[2] == 'r'
-    local rpm, tpm, conc, budget = f[3] == '1', f[4] == '1', f[5] == '1', f[6] == '1'
-    local tokens, estimate, spent_key = tonumber(f[7]), tonumber(f[8]), f[9]
-    local cost, ttl = tonumber(f[10]), tonumber(f[11])
+    local i = pos + 2 + 11 * k
+    local p, release = NS .. A[i] .. ':', A[i + 1] == 'r'
+    local rpm, tpm, conc, budget = A[i + 2] == '1', A[i + 3] == '1', A[i + 4] == '1', A[i + 5] == '1'
+    local tokens, estimate, spent_key = tonumber(A[i + 6]), tonumber(A[i + 7]), A[i + 8]
+    local cost, ttl = tonumber(A[i + 9]), tonumber(A[i + 10])
     if tpm then
       local h = redis.call('HMGET', p .. 'h', rid, '#', '+')
       local sum = tonumber(h[2]) or 0
@@ -300,15 +303,16 @@ local function finish_one(pos)
       end
     end
   end
-  return pos + 2 + n
+  return pos + 2 + 11 * n
 end
 
 -- A batch: the requests that asked within one event-loop turn of one process, in order,
 -- each as atomic as if alone (a script runs without interleaving).
 if op == 'admit' or op == 'finish' then
   local count = tonumber(ARGV[5])
+  A = split(ARGV[6])
   local out = {}
-  local pos = 6
+  local pos = 1
   for _ = 1, count do
     if op == 'admit' then pos = admit_one(pos, out) else pos = finish_one(pos) end
   end
@@ -340,13 +344,9 @@ return redis.error_reply('relaygate limits: unknown op ' .. tostring(op))
 """
 
 
-def _settled(fut: asyncio.Future[None]) -> None:
-    if not fut.cancelled() and isinstance(fut.exception(), StateUnavailable):
-        log.debug("a settlement was dropped: shared state down (its leases lapse)")
-
-
 _Admit = tuple[str, Sequence[ScopeCheck], Sequence[ScopeCheck], "asyncio.Future[Verdict]"]
-_Finish = tuple[str, Sequence[ScopeEnd], "asyncio.Future[None]"]
+_Finish = tuple[str, Sequence[ScopeEnd]]
+_Done = Callable[[Any, BaseException | None], None]
 
 
 class RedisCounters(Counters):
@@ -365,6 +365,8 @@ class RedisCounters(Counters):
         self._skip_until = 0.0
         self._admits: list[_Admit] = []
         self._finishes: list[_Finish] = []
+        self._finish_waiters: list[asyncio.Future[None]] = []  # awaited `finish` calls of the next batch
+        self._sending = False  # a loop turn's batch is scheduled
         #: Reservations of this process holding leases: rid -> (taken at, scope prefixes).
         self._leases: dict[str, tuple[float, list[str]]] = {}
         self._refresher: asyncio.Task[None] | None = None
@@ -397,17 +399,16 @@ class RedisCounters(Counters):
             self.store.mark_up()
         return result
 
-    def _submit(self, op: str, args: list[Any], done: Any) -> None:
-        """Send one call without a task of its own when the connection is open; `done(result, error)`."""
+    def _submit(self, op: str, args: list[Any], done: _Done) -> None:
+        """Send one call without a task or a future when the connection is open; `done(result, error)`."""
         conn = self._client.ready()
         if conn is None or self.store.down:  # connecting, or probing: the awaited path
             self._awaited(op, args, done)
             return
 
-        def replied(fut: asyncio.Future[Any]) -> None:
-            exc = fut.exception()
+        def replied(result: Any, exc: BaseException | None) -> None:
             if exc is None:
-                done(fut.result(), None)
+                done(result, None)
             elif isinstance(exc, RespError) and str(exc).startswith("NOSCRIPT"):  # Redis restarted: send the script
                 self._awaited(op, args, done)
             elif isinstance(exc, self.store.errors):
@@ -415,9 +416,12 @@ class RedisCounters(Counters):
             else:
                 done(None, exc)
 
-        conn.send(encode(args, self._heads[op], 7)).add_done_callback(replied)
+        try:
+            conn.send_now(encode(args, self._heads[op], 7), replied)
+        except RespConnectionError:  # closed since `ready`: the awaited path reconnects
+            self._awaited(op, args, done)
 
-    def _awaited(self, op: str, args: list[Any], done: Any) -> None:
+    def _awaited(self, op: str, args: list[Any], done: _Done) -> None:
         """`_run` in a task of its own (it connects, or sends the script), reporting to `done`."""
 
         def report(task: asyncio.Task[Any]) -> None:
@@ -433,35 +437,47 @@ class RedisCounters(Counters):
         self._tasks.add(task)
         task.add_done_callback(report)
 
+    def _schedule(self) -> None:
+        """Send this loop turn's settlements and admissions once the turn's callbacks have run."""
+        if not self._sending:
+            self._sending = True
+            asyncio.get_running_loop().call_soon(self._send)
+
+    def _send(self) -> None:
+        self._sending = False
+        if self._finishes:  # first: what they free is there for the admissions
+            self._send_finishes()
+        if self._admits:
+            self._send_admits()
+
     # -------------------------------------------------------------- admit
 
-    async def admit(self, rid: str, required: Sequence[ScopeCheck], any_of: Sequence[ScopeCheck]) -> Verdict:
-        if self._skipping():
+    def admit(self, rid: str, required: Sequence[ScopeCheck], any_of: Sequence[ScopeCheck]) -> asyncio.Future[Verdict]:
+        if self.store.down and self._skipping():
             raise StateUnavailable("shared state down")
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[Verdict] = loop.create_future()
+        fut: asyncio.Future[Verdict] = asyncio.get_running_loop().create_future()
         self._admits.append((rid, required, any_of, fut))
-        if len(self._admits) == 1:
-            loop.call_soon(self._send_admits)
-        return await fut
+        self._schedule()
+        return fut
 
     def _send_admits(self) -> None:
         batch, self._admits = self._admits, []
-        args: list[Any] = [len(batch)]
+        parts: list[str] = []
         for rid, required, any_of, _ in batch:
-            args += (rid, len(required), len(any_of))
-            args += [c.wire() for c in required]
-            args += [c.wire() for c in any_of]
-        self._submit("admit", args, lambda out, exc: self._admitted(batch, out, exc))
+            parts.append(f"{rid}\0{len(required)}\0{len(any_of)}")
+            parts += [c.wire() for c in required]
+            parts += [c.wire() for c in any_of]
+        self._submit("admit", [len(batch), "\0".join(parts)], lambda out, exc: self._admitted(batch, out, exc))
 
     def _admitted(self, batch: list[_Admit], reply: Any, exc: BaseException | None) -> None:
-        out = [int(v) for v in reply.split()] if exc is None else []
-        pos = 0
-        for rid, required, any_of, fut in batch:
-            if exc is not None:
+        if exc is not None:
+            for _, _, _, fut in batch:
                 if not fut.done():
                     fut.set_exception(exc)
-                continue
+            return
+        out = [int(v) for v in reply.split()]
+        pos = 0
+        for rid, required, any_of, fut in batch:
             size = out[pos]
             mine = out[pos + 1 : pos + 1 + size]
             pos += 1 + size
@@ -470,63 +486,60 @@ class RedisCounters(Counters):
             rest = mine[2 + 4 * n :]
             rejections = [(rest[i], KINDS[rest[i + 1]], rest[i + 2]) for i in range(0, len(rest), 3)]
             verdict = Verdict(mine[0], mine[1], info, rejections)
-            taken = [*required, any_of[verdict.chosen]] if verdict.chosen >= 0 else list(required)
-            if fut.done():  # the caller was cancelled (client gone) before the answer: give it all back
-                if verdict.status == 0:
+            if verdict.status == 0:
+                taken = [*required, any_of[verdict.chosen]] if verdict.chosen >= 0 else required
+                if fut.done():  # the caller was cancelled (client gone) before the answer: give it all back
                     ends = [ScopeEnd(c.prefix, True, rpm=bool(c.rpm), tpm=bool(c.tpm), concurrency=bool(c.concurrency),
                                      budget=bool(c.budget)) for c in taken]  # fmt: skip
-                    orphan: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-                    orphan.add_done_callback(lambda f: f.cancelled() or f.exception())  # nobody awaits it
-                    self._finishes.append((rid, ends, orphan))
-                    if len(self._finishes) == 1:
-                        asyncio.get_running_loop().call_soon(self._send_finishes)
-                continue
-            if verdict.status == 0:
+                    self.settle_soon([(rid, ends)])
+                    continue
                 leased = [c.prefix for c in taken if c.concurrency or c.budget]
                 if leased:
                     self._leases[rid] = (time.monotonic(), leased)
                     if self._refresher is None:
                         self._refresher = asyncio.get_running_loop().create_task(self._refresh())
-            fut.set_result(verdict)
+            if not fut.done():
+                fut.set_result(verdict)
 
     # -------------------------------------------------------------- finish
 
     async def finish(self, rid: str, ends: Sequence[ScopeEnd]) -> None:
-        await self._queue_finishes([(rid, ends)])
+        if self._skipping():
+            raise StateUnavailable("shared state down")
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._finish_waiters.append(fut)
+        self.settle_soon([(rid, ends)])
+        await fut
 
     def settle_soon(self, items: Sequence[tuple[str, Sequence[ScopeEnd]]]) -> None:
-        fut = self._queue_finishes(items)
-        fut.add_done_callback(_settled)
-
-    def _queue_finishes(self, items: Sequence[tuple[str, Sequence[ScopeEnd]]]) -> asyncio.Future[None]:
-        """Queue settlements now; the future says when Redis has applied them."""
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[None] = loop.create_future()
         if self._skipping():
-            fut.set_exception(StateUnavailable("shared state down"))
-            return fut
+            log.debug("a settlement was dropped: shared state down (its leases lapse)")
+            return
+        leases = self._leases
         for rid, ends in items:
-            held = self._leases.get(rid)
-            if held is not None:
-                left = [p for p in held[1] if all(e.prefix != p for e in ends)]
-                if left:
-                    self._leases[rid] = (held[0], left)
-                else:
-                    del self._leases[rid]
-            self._finishes.append((rid, ends, fut))
-        if len(self._finishes) == len(items):
-            loop.call_soon(self._send_finishes)
-        return fut
+            if leases:
+                held = leases.get(rid)
+                if held is not None:
+                    left = [p for p in held[1] if all(e.prefix != p for e in ends)]
+                    if left:
+                        leases[rid] = (held[0], left)
+                    else:
+                        del leases[rid]
+            self._finishes.append((rid, ends))
+        self._schedule()
 
     def _send_finishes(self) -> None:
         batch, self._finishes = self._finishes, []
-        args: list[Any] = [len(batch)]
-        for rid, ends, _ in batch:
-            args += (rid, len(ends))
-            args += [e.wire() for e in ends]
+        waiters, self._finish_waiters = self._finish_waiters, []
+        parts: list[str] = []
+        for rid, ends in batch:
+            parts.append(f"{rid}\0{len(ends)}")
+            parts += [e.wire() for e in ends]
 
         def finished(_out: Any, exc: BaseException | None) -> None:
-            for _, _, fut in batch:
+            if isinstance(exc, StateUnavailable):
+                log.debug("%d settlements were dropped: shared state down (their leases lapse)", len(batch))
+            for fut in waiters:
                 if fut.done():
                     continue
                 if exc is None:
@@ -534,7 +547,7 @@ class RedisCounters(Counters):
                 else:
                     fut.set_exception(exc)
 
-        self._submit("finish", args, finished)
+        self._submit("finish", [len(batch), "\0".join(parts)], finished)
 
     async def _refresh(self) -> None:
         """Extend the leases of long requests (streams) while they last; ends when none is left."""

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 
 WINDOW_MS = 60_000
@@ -103,8 +103,11 @@ class Counters(ABC):
         self.lease_ms = lease_ms
 
     @abstractmethod
-    async def admit(self, rid: str, required: Sequence[ScopeCheck], any_of: Sequence[ScopeCheck]) -> Verdict:
-        """Reserve in every `required` scope and the first of `any_of` with room, or in none."""
+    def admit(self, rid: str, required: Sequence[ScopeCheck], any_of: Sequence[ScopeCheck]) -> Awaitable[Verdict]:
+        """Reserve in every `required` scope and the first of `any_of` with room, or in none.
+
+        An awaitable rather than a coroutine, so that a batching implementation hands out its
+        future itself: one frame less to resume per admission."""
 
     @abstractmethod
     async def finish(self, rid: str, ends: Sequence[ScopeEnd]) -> None:
