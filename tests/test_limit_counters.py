@@ -130,3 +130,25 @@ async def test_leases_are_renewed_while_held_and_lapse_when_their_process_is_gon
         await living.close()
         await store.close()
         await other.close()
+
+
+async def test_admissions_and_settlements_of_mixed_shapes_in_one_batch(counters: Counters) -> None:
+    """Calls of one loop turn travel together (one script run on Redis): each is read whole."""
+    plain, tokens = scope(rpm=10), scope(tpm=1000, tokens=100)
+    budget = scope(budget=NANO, spent_key="m1", cost=NANO // 10, concurrency=5)
+    shapes = [plain, tokens, budget, plain, tokens, budget]
+    verdicts = await asyncio.gather(*(counters.admit(f"a{i}", [s], []) for i, s in enumerate(shapes)))
+    assert [v.status for v in verdicts] == [0] * 6
+    counters.settle_soon([
+        ("a0", [ScopeEnd(plain.prefix, True, rpm=True)]),
+        ("a1", [ScopeEnd(tokens.prefix, False, tpm=True, tokens=30, estimate=100)]),
+        ("a2", [ScopeEnd(budget.prefix, False, concurrency=True, budget=True, spent_key="m1", cost=NANO // 20)]),
+        ("a3", [ScopeEnd(plain.prefix, False, rpm=True)]),
+        ("a4", [ScopeEnd(tokens.prefix, True, tpm=True)]),
+        ("a5", [ScopeEnd(budget.prefix, True, concurrency=True, budget=True)]),
+    ])  # fmt: skip
+    await counters.finish("none", [ScopeEnd(plain.prefix, False)])  # the same batch: awaited, so all are applied
+    assert (await counters.snapshot(plain.prefix))["requests"] == 1
+    assert (await counters.snapshot(tokens.prefix))["tokens"] == 30
+    snap = await counters.snapshot(budget.prefix, "m1")
+    assert snap["concurrency"] == 0 and snap["reserved_usd"] == 0 and snap["spent_usd"] == 0.05

@@ -13,7 +13,7 @@ import math
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from itertools import count
 from typing import TYPE_CHECKING
 
@@ -49,12 +49,51 @@ def counters_for(store: Store) -> Counters:
 
 
 @dataclass(slots=True, eq=False)
+class _Rule:
+    """One scope's fixed limits and the text every request's check, end and headers reuse:
+    the key's, a route's and a provider's limits do not change within a config."""
+
+    prefix: str  # "k:<key name>", "r:<route pattern>", "p:<provider name>"
+    scope: str  # "key" | "route" | "provider"
+    limits: Limits | None  # None: a key with a budget only
+    budget: Budget | None = None
+    rpm: int = 0
+    tpm: int = 0
+    concurrency: int = 0
+    head: str = ""  # `ScopeCheck.wire`'s fixed fields
+    settle_head: str = ""  # `ScopeEnd.wire`'s fixed fields, settled or released
+    release_head: str = ""
+    rpm_text: str = ""
+    tpm_text: str = ""
+    alone: tuple[_Rule, ...] = ()  # (self,): the rules of a request with this scope only
+
+    def __post_init__(self) -> None:
+        limits = self.limits
+        if limits is not None:
+            self.rpm, self.tpm, self.concurrency = limits.rpm or 0, limits.tpm or 0, limits.concurrency or 0
+        self.head = f"{self.prefix}\0{self.rpm}\0{self.tpm}\0{self.concurrency}\0"
+        flags = "\0".join("1" if x else "0" for x in (self.rpm, self.tpm, self.concurrency, self.budget))
+        self.settle_head = f"{self.prefix}\0s\0{flags}\0"
+        self.release_head = f"{self.prefix}\0r\0{flags}\0"
+        self.rpm_text, self.tpm_text = str(self.rpm), str(self.tpm)
+        self.alone = (self,)
+
+    def check(self, tokens: int) -> ScopeCheck:
+        return ScopeCheck(self.prefix, self.rpm, self.tpm, self.concurrency, tokens if self.tpm else 0, head=self.head)
+
+    def end(self, release: bool, tokens: int, estimate: int, spent_key: str = "", cost: int = 0) -> ScopeEnd:
+        return ScopeEnd(self.prefix, release, self.rpm > 0, self.tpm > 0, self.concurrency > 0, self.budget is not None,
+                        tokens, estimate, spent_key, cost,
+                        head=self.release_head if release else self.settle_head)  # fmt: skip
+
+
+@dataclass(slots=True, eq=False)
 class Admission:
     """What one request holds: its reservation in each scope, and how to end it."""
 
     rid: str
     required: list[ScopeCheck]  # key and route scopes that have limits
-    scopes: list[str]  # "key" | "route" per required entry
+    rules: tuple[_Rule, ...]  # the rule of each required entry
     tokens: int  # the estimate reserved
     cost: int  # nano-USD estimate (budget)
     budget: Budget | None = None
@@ -63,7 +102,12 @@ class Admission:
     provider: ScopeCheck | None = None  # the current target's provider reservation
     provider_rid: str = ""
     attempts: int = 0
-    headers: dict[str, str] = field(default_factory=dict)  # the key's x-ratelimit-* for the answer
+    headers: dict[str, str] | None = None  # the key's x-ratelimit-* for the answer
+
+    @property
+    def scopes(self) -> list[str]:
+        """"key" | "route" per required entry."""
+        return [rule.scope for rule in self.rules]
 
 
 class Limiter:
@@ -72,52 +116,64 @@ class Limiter:
     def __init__(self, config: Config, store: Store) -> None:
         self.store = store
         self.counters = counters_for(store)
-        self.keys: dict[str, tuple[Limits | None, Budget | None]] = {
-            k.name: (k.limits, k.budget) for k in config.clients or () if k.limits or k.budget
+        self.keys: dict[str, _Rule] = {
+            k.name: _Rule(f"k:{k.name}", "key", k.limits, k.budget)
+            for k in config.clients or ()
+            if k.limits or k.budget
         }
         self.providers: dict[str, Limits] = {
             name: p.limits for name, p in config.provider_policies.items() if p.limits
         }
+        self._routes: dict[str, _Rule] = {}
         self.periods = Periods()
         self._ids = count()
-        self._prefix = os.urandom(6).hex()
+        self._prefix = os.urandom(6).hex() + ":"
 
     # -------------------------------------------------------------- admission
 
+    def _route_rule(self, route: Route, limits: Limits) -> _Rule:
+        rule = self._routes.get(route.model)
+        if rule is None or rule.limits is not limits:
+            rule = self._routes[route.model] = _Rule(f"r:{route.model}", "route", limits)
+        return rule
+
     def prepare(self, call: Call, route: Route | None) -> Admission | None:
         """The scopes of this request (None when no limit applies to it)."""
-        key_rules = self.keys.get(call.client.name) if call.client is not None else None
+        client = call.client
+        key = self.keys.get(client.name) if client is not None else None
         route_limits = route.limits if route is not None else None
-        if key_rules is None and route_limits is None and not self.providers:
+        if key is None and route_limits is None and not self.providers:
             return None
-        key_limits, budget = key_rules or (None, None)
+        budget = key.budget if key is not None else None
         tokens = cost = 0
-        if (key_limits and key_limits.tpm) or (route_limits and route_limits.tpm) or budget or self.providers:
-            cap = output_cap(call.body)
+        if (key is not None and (key.tpm or budget)) or (route_limits and route_limits.tpm) or self.providers:
+            body = call.body
+            cap = output_cap(body)
             if cap is None:
                 cap = route.default_max_tokens if route is not None and route.default_max_tokens else 0
-            inputs = input_tokens(call.body, len(call.raw_body))
+            inputs = input_tokens(body, len(call.raw_body))
             tokens = inputs + cap
             price = route.price if route is not None else None
             if budget and price is not None:
                 cost = math.ceil(price.cost(inputs, cap) * NANO)
-        required: list[ScopeCheck] = []
-        scopes: list[str] = []
-        if key_rules is not None and call.client is not None:
-            check = _check(f"k:{call.client.name}", key_limits, tokens)
+        required: list[ScopeCheck]
+        rules: tuple[_Rule, ...]
+        if key is not None:
+            check = key.check(tokens)
             if budget is not None:
                 pid, end = self.periods.current(budget.period)
                 check.budget = max(1, round(budget.usd * NANO))
                 check.spent_key = pid
                 check.cost = cost
                 check.period_left_ms = 0 if end is None else max(1, int((end - time.time()) * 1000))
-            required.append(check)
-            scopes.append("key")
+            required, rules = [check], key.alone
+        else:
+            required, rules = [], ()
         if route_limits is not None and route is not None:
-            required.append(_check(f"r:{route.model}", route_limits, tokens))
-            scopes.append("route")
-        rid = f"{self._prefix}:{next(self._ids)}"
-        return Admission(rid, required, scopes, tokens, cost, budget)
+            rule = self._route_rule(route, route_limits)
+            required.append(rule.check(tokens))
+            rules = (*rules, rule)
+        return Admission(f"{self._prefix}{next(self._ids)}", required, rules, tokens, cost, budget)
 
     def _candidates(self, adm: Admission, targets: Sequence[Target]) -> list[ScopeCheck]:
         """Provider scopes of `targets` up to the first without a limit (prefix "": always room)."""
@@ -136,17 +192,20 @@ class Limiter:
         raises `LimitExceeded` / `UpstreamCapacityExceeded` (every limit that said no is
         in `call.rejections`), or `StateUnavailableError` under `on_error: deny`.
         """
-        required = adm.required if first else []
-        candidates = self._candidates(adm, targets)
-        if not candidates[0].prefix:  # the first target's provider has no limit
-            if not required:
-                return 0
-            candidates = []
         if first:
+            required = adm.required
             rid = adm.rid  # one id across the key, route and first provider
         else:
+            required = []
             adm.attempts += 1
             rid = f"{adm.rid}/{adm.attempts}"
+        candidates: list[ScopeCheck] = []
+        if self.providers:
+            candidates = self._candidates(adm, targets)
+            if not candidates[0].prefix:  # the first target's provider has no limit
+                candidates = []
+        if not required and not candidates:
+            return 0
         try:
             verdict = await self.counters.admit(rid, required, candidates)
         except StateUnavailable:
@@ -155,20 +214,22 @@ class Limiter:
                     "The gateway cannot reach its shared state to check rate limits; try again shortly."
                 ) from None
             return 0  # `allow`: served without limits while the store is down (logged once, counted)
-        for index, kind, _ in verdict.rejections:
-            call.rejections.append((adm.scopes[index] if index < len(required) else "provider", kind))
-        if verdict.status == 1:
-            raise self._refusal(adm, verdict)
-        if verdict.status == 2:
-            waits = [ms for i, _, ms in verdict.rejections if i >= len(required)]
-            raise UpstreamCapacityExceeded(
-                f"Every provider for the model '{call.model}' is at its configured capacity; try again shortly.",
-                headers={"retry-after": _seconds(min(waits, default=1000))},
-            )
+        if verdict.rejections:
+            for index, kind, _ in verdict.rejections:
+                call.rejections.append((adm.rules[index].scope if index < len(required) else "provider", kind))
+            if verdict.status == 1:
+                raise self._refusal(adm, verdict)
+            if verdict.status == 2:
+                waits = [ms for i, _, ms in verdict.rejections if i >= len(required)]
+                raise UpstreamCapacityExceeded(
+                    f"Every provider for the model '{call.model}' is at its configured capacity; try again shortly.",
+                    headers={"retry-after": _seconds(min(waits, default=1000))},
+                )
         if required:
             adm.reserved = True
-            if adm.scopes[0] == "key" and call.client is not None:
-                adm.headers = _headers(self.keys[call.client.name][0], verdict.info[0])
+            rule = adm.rules[0]
+            if rule.scope == "key" and (rule.rpm or rule.tpm):
+                adm.headers = _headers(rule.rpm, rule.tpm, verdict.info[0], rule.rpm_text, rule.tpm_text)
         if not candidates:
             return 0
         chosen = candidates[verdict.chosen]
@@ -179,7 +240,7 @@ class Limiter:
     def _refusal(self, adm: Admission, verdict: Verdict) -> LimitExceeded:
         """The 429 for the most lasting refusal among the required scopes."""
         index, kind, wait = max(verdict.rejections, key=lambda r: (r[1] == "budget", r[2]))
-        scope = adm.scopes[index]
+        scope = adm.rules[index].scope
         check = adm.required[index]
         what = "key" if scope == "key" else "model"
         name = check.prefix[2:]
@@ -195,9 +256,7 @@ class Limiter:
             message = f"Too many requests in flight for the {what} '{name}': the limit is {check.concurrency} at once."
             headers["retry-after"] = "1"
         else:
-            info = verdict.info[index]
-            limits = Limits(check.rpm or None, check.tpm or None)
-            headers.update(_headers(limits, info))
+            headers.update(_headers(check.rpm, check.tpm, verdict.info[index]))
             if kind == "requests":
                 message = f"Rate limit reached for requests on the {what} '{name}': limit {check.rpm} per minute."
             elif check.tokens > check.tpm:
@@ -225,26 +284,26 @@ class Limiter:
 
         Nothing waits for it: the settlement is applied, or queued for this loop turn's batch."""
         usage = call.usage
-        ends: list[ScopeEnd] = []
         settle = adm.served or usage is not None
-        tokens = usage.total_tokens if usage is not None else adm.tokens
-        cost = 0
-        if adm.budget is not None and settle:
-            if usage is not None and price is not None:
-                cost = round(price.cost(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens) * NANO)
-            elif usage is None:
-                cost = adm.cost
+        tokens = usage.prompt_tokens + usage.completion_tokens if usage is not None else adm.tokens
+        items: list[tuple[str, list[ScopeEnd]]] = []
+        ends: list[ScopeEnd] = []
         if adm.reserved:
-            for check in adm.required:
-                end = ScopeEnd(check.prefix, not settle, rpm=bool(check.rpm), tpm=bool(check.tpm),
-                               concurrency=bool(check.concurrency), budget=bool(check.budget), tokens=tokens,
-                               estimate=check.tokens, spent_key=check.spent_key, cost=cost)  # fmt: skip
+            adm.reserved = False
+            cost = 0
+            if adm.budget is not None and settle:
+                if usage is not None and price is not None:
+                    cost = round(price.cost(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens) * NANO)
+                elif usage is None:
+                    cost = adm.cost
+            for check, rule in zip(adm.required, adm.rules, strict=True):
+                end = rule.end(not settle, tokens, check.tokens, check.spent_key, cost)
                 if check.budget and settle:
                     end.spent_key, end.spent_ttl_ms = self._spent_period(adm)
                 ends.append(end)
-        provider, adm.provider = adm.provider, None
-        items: list[tuple[str, list[ScopeEnd]]] = []
+        provider = adm.provider
         if provider is not None:
+            adm.provider = None
             provider_end = ScopeEnd(provider.prefix, False, tpm=bool(provider.tpm),
                                     concurrency=bool(provider.concurrency), tokens=tokens if settle else 0,
                                     estimate=provider.tokens)  # fmt: skip
@@ -252,7 +311,6 @@ class Limiter:
                 ends.append(provider_end)
             else:
                 items.append((adm.provider_rid, [provider_end]))
-        adm.reserved = False
         if ends:
             items.append((adm.rid, ends))
         if items:
@@ -273,18 +331,23 @@ def _check(prefix: str, limits: Limits | None, tokens: int) -> ScopeCheck:
 # ---------------------------------------------------------------- headers
 
 
+#: ".001" ... ".999" (trailing zeros dropped), "" for 0: a duration's fraction of a second.
+_FRACTIONS = ("", *(f".{r:03d}".rstrip("0") for r in range(1, 1000)))
+
+
 def duration(ms: int) -> str:
     """OpenAI's (Go's) duration format: `120ms`, `1s`, `8.64s`, `6m0s`, `1h2m3s`."""
     ms = max(int(ms), 0)
     if ms < 1000:
         return f"{ms}ms"
     if ms < 60_000:
-        return f"{ms / 1000:g}s"
+        return f"{ms // 1000}{_FRACTIONS[ms % 1000]}s"
     hours, rest = divmod(ms, 3_600_000)
     minutes, rest = divmod(rest, 60_000)
+    seconds = f"{rest // 1000}{_FRACTIONS[rest % 1000]}s"
     if hours:
-        return f"{hours}h{minutes}m{rest / 1000:g}s"
-    return f"{minutes}m{rest / 1000:g}s"
+        return f"{hours}h{minutes}m{seconds}"
+    return f"{minutes}m{seconds}"
 
 
 def _seconds(ms: int) -> str:
@@ -292,16 +355,24 @@ def _seconds(ms: int) -> str:
     return str(max(1, math.ceil(ms / 1000)))
 
 
-def _headers(limits: Limits | None, info: WindowInfo) -> dict[str, str]:
+def _headers(rpm: int, tpm: int, info: WindowInfo, rpm_text: str = "", tpm_text: str = "") -> dict[str, str]:
+    """The `x-ratelimit-*` headers of a scope's rpm and tpm (0: none); `*_text`: the limits as text."""
+    if rpm and tpm:
+        return {
+            "x-ratelimit-limit-requests": rpm_text or str(rpm),
+            "x-ratelimit-remaining-requests": str(max(info.requests_remaining, 0)),
+            "x-ratelimit-reset-requests": duration(info.requests_reset_ms),
+            "x-ratelimit-limit-tokens": tpm_text or str(tpm),
+            "x-ratelimit-remaining-tokens": str(max(info.tokens_remaining, 0)),
+            "x-ratelimit-reset-tokens": duration(info.tokens_reset_ms),
+        }
     headers: dict[str, str] = {}
-    if limits is None:
-        return headers
-    if limits.rpm:
-        headers["x-ratelimit-limit-requests"] = str(limits.rpm)
+    if rpm:
+        headers["x-ratelimit-limit-requests"] = rpm_text or str(rpm)
         headers["x-ratelimit-remaining-requests"] = str(max(info.requests_remaining, 0))
         headers["x-ratelimit-reset-requests"] = duration(info.requests_reset_ms)
-    if limits.tpm:
-        headers["x-ratelimit-limit-tokens"] = str(limits.tpm)
+    if tpm:
+        headers["x-ratelimit-limit-tokens"] = tpm_text or str(tpm)
         headers["x-ratelimit-remaining-tokens"] = str(max(info.tokens_remaining, 0))
         headers["x-ratelimit-reset-tokens"] = duration(info.tokens_reset_ms)
     return headers

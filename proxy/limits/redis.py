@@ -349,6 +349,14 @@ _Finish = tuple[str, Sequence[ScopeEnd]]
 _Done = Callable[[Any, BaseException | None], None]
 
 
+_COUNTS = tuple(str(n) for n in range(16))
+
+
+def _count(n: int) -> str:
+    """A small count as text (a request's scopes), without formatting an int each time."""
+    return _COUNTS[n] if n < 16 else str(n)
+
+
 class RedisCounters(Counters):
     """One EVALSHA per admission and one per settlement, or fewer: the calls made within
     one event-loop turn leave as one batch (one script run, one reply), which is what
@@ -464,9 +472,11 @@ class RedisCounters(Counters):
         batch, self._admits = self._admits, []
         parts: list[str] = []
         for rid, required, any_of, _ in batch:
-            parts.append(f"{rid}\0{len(required)}\0{len(any_of)}")
-            parts += [c.wire() for c in required]
-            parts += [c.wire() for c in any_of]
+            parts.append(f"{rid}\0{_count(len(required))}\0{_count(len(any_of))}")
+            for c in required:
+                parts.append(c.wire())
+            for c in any_of:
+                parts.append(c.wire())
         self._submit("admit", [len(batch), "\0".join(parts)], lambda out, exc: self._admitted(batch, out, exc))
 
     def _admitted(self, batch: list[_Admit], reply: Any, exc: BaseException | None) -> None:
@@ -475,31 +485,39 @@ class RedisCounters(Counters):
                 if not fut.done():
                     fut.set_exception(exc)
             return
-        out = [int(v) for v in reply.split()]
+        out = reply.split()  # per request: its length, status, chosen, 4 per required scope, 3 per rejection
         pos = 0
         for rid, required, any_of, fut in batch:
-            size = out[pos]
-            mine = out[pos + 1 : pos + 1 + size]
-            pos += 1 + size
-            n = len(required)
-            info = [WindowInfo(*mine[2 + 4 * i : 6 + 4 * i]) for i in range(n)]
-            rest = mine[2 + 4 * n :]
-            rejections = [(rest[i], KINDS[rest[i + 1]], rest[i + 2]) for i in range(0, len(rest), 3)]
-            verdict = Verdict(mine[0], mine[1], info, rejections)
-            if verdict.status == 0:
-                taken = [*required, any_of[verdict.chosen]] if verdict.chosen >= 0 else required
+            end = pos + 1 + int(out[pos])
+            status, chosen = int(out[pos + 1]), int(out[pos + 2])
+            pos += 3
+            info = []
+            for _ in required:
+                info.append(WindowInfo(int(out[pos]), int(out[pos + 1]), int(out[pos + 2]), int(out[pos + 3])))
+                pos += 4
+            rejections = []
+            while pos < end:
+                rejections.append((int(out[pos]), KINDS[int(out[pos + 1])], int(out[pos + 2])))
+                pos += 3
+            if status == 0:
                 if fut.done():  # the caller was cancelled (client gone) before the answer: give it all back
+                    taken = [*required, any_of[chosen]] if chosen >= 0 else required
                     ends = [ScopeEnd(c.prefix, True, rpm=bool(c.rpm), tpm=bool(c.tpm), concurrency=bool(c.concurrency),
                                      budget=bool(c.budget)) for c in taken]  # fmt: skip
                     self.settle_soon([(rid, ends)])
                     continue
-                leased = [c.prefix for c in taken if c.concurrency or c.budget]
+                leased: list[str] = []
+                for c in required:
+                    if c.concurrency or c.budget:
+                        leased.append(c.prefix)
+                if chosen >= 0 and (any_of[chosen].concurrency or any_of[chosen].budget):
+                    leased.append(any_of[chosen].prefix)
                 if leased:
                     self._leases[rid] = (time.monotonic(), leased)
                     if self._refresher is None:
                         self._refresher = asyncio.get_running_loop().create_task(self._refresh())
             if not fut.done():
-                fut.set_result(verdict)
+                fut.set_result(Verdict(status, chosen, info, rejections))
 
     # -------------------------------------------------------------- finish
 
@@ -533,8 +551,9 @@ class RedisCounters(Counters):
         waiters, self._finish_waiters = self._finish_waiters, []
         parts: list[str] = []
         for rid, ends in batch:
-            parts.append(f"{rid}\0{len(ends)}")
-            parts += [e.wire() for e in ends]
+            parts.append(f"{rid}\0{_count(len(ends))}")
+            for e in ends:
+                parts.append(e.wire())
 
         def finished(_out: Any, exc: BaseException | None) -> None:
             if isinstance(exc, StateUnavailable):

@@ -30,6 +30,10 @@ LEASE_MS = 300_000
 #: `ScopeCheck.kind` codes in rejections, in `proxy.errors.LimitKind` words.
 KINDS = ("", "requests", "tokens", "concurrency", "budget")
 NANO = 1_000_000_000  # budgets are counted in nano-USD: integers, exact in Lua's doubles
+# A scope's budget fields without a budget (the script reads them only with one): admission's
+# budget, spent_key, cost and period_left; settlement's spent_key, cost and ttl.
+_NO_BUDGET = "0\0\0" "0\0" "0"
+_NO_SPEND = "\0" "0\0" "0"
 
 
 @dataclass(slots=True)
@@ -45,11 +49,16 @@ class ScopeCheck:
     spent_key: str = ""  # the budget period's id, e.g. "m2025-06"
     cost: int = 0  # nano-USD estimate
     period_left_ms: int = 0  # until the period ends (0: total, never)
+    #: The fixed fields' wire text, `prefix\0rpm\0tpm\0concurrency\0`, when the caller has it
+    #: made once per scope (limits do not change within a config); "" to make it here.
+    head: str = field(default="", repr=False, compare=False)
 
     def wire(self) -> str:
-        """The Lua script's one argument for this scope: the fields, NUL-separated."""
-        return (f"{self.prefix}\0{self.rpm}\0{self.tpm}\0{self.concurrency}\0{self.tokens}\0{self.budget}\0"
-                f"{self.spent_key}\0{self.cost}\0{self.period_left_ms}")  # fmt: skip
+        """The Lua script's fields for this scope, NUL-separated (without a budget, its fields are 0)."""
+        head = self.head or f"{self.prefix}\0{self.rpm}\0{self.tpm}\0{self.concurrency}\0"
+        if self.budget:
+            return f"{head}{self.tokens}\0{self.budget}\0{self.spent_key}\0{self.cost}\0{self.period_left_ms}"
+        return f"{head}{self.tokens}\0" + _NO_BUDGET
 
 
 @dataclass(slots=True)
@@ -87,12 +96,18 @@ class ScopeEnd:
     spent_key: str = ""
     cost: int = 0  # nano-USD, the real cost
     spent_ttl_ms: int = 0  # keep the period's spend this long (0: forever)
+    #: The fixed fields' wire text, `prefix\0mode\0rpm\0tpm\0concurrency\0budget\0`, when the
+    #: caller has it made once per scope; "" to make it here.
+    head: str = field(default="", repr=False, compare=False)
 
     def wire(self) -> str:
-        """The Lua script's one argument for this scope: the fields, NUL-separated."""
-        return (f"{self.prefix}\0{'r' if self.release else 's'}\0{self.rpm:d}\0{self.tpm:d}\0{self.concurrency:d}"
-                f"\0{self.budget:d}\0{self.tokens}\0{self.estimate}\0{self.spent_key}\0{self.cost}"
-                f"\0{self.spent_ttl_ms}")  # fmt: skip
+        """The Lua script's fields for this scope, NUL-separated (without a budget, its fields are 0)."""
+        head = self.head or (f"{self.prefix}\0{'r' if self.release else 's'}\0{'1' if self.rpm else '0'}\0"
+                             f"{'1' if self.tpm else '0'}\0{'1' if self.concurrency else '0'}\0"
+                             f"{'1' if self.budget else '0'}\0")  # fmt: skip
+        if self.budget:
+            return f"{head}{self.tokens}\0{self.estimate}\0{self.spent_key}\0{self.cost}\0{self.spent_ttl_ms}"
+        return f"{head}{self.tokens}\0{self.estimate}\0" + _NO_SPEND
 
 
 class Counters(ABC):
