@@ -61,8 +61,6 @@ class _Rule:
     tpm: int = 0
     concurrency: int = 0
     head: str = ""  # `ScopeCheck.wire`'s fixed fields
-    settle_head: str = ""  # `ScopeEnd.wire`'s fixed fields, settled or released
-    release_head: str = ""
     rpm_text: str = ""
     tpm_text: str = ""
     alone: tuple[_Rule, ...] = ()  # (self,): the rules of a request with this scope only
@@ -72,19 +70,11 @@ class _Rule:
         if limits is not None:
             self.rpm, self.tpm, self.concurrency = limits.rpm or 0, limits.tpm or 0, limits.concurrency or 0
         self.head = f"{self.prefix}\0{self.rpm}\0{self.tpm}\0{self.concurrency}\0"
-        flags = "\0".join("1" if x else "0" for x in (self.rpm, self.tpm, self.concurrency, self.budget))
-        self.settle_head = f"{self.prefix}\0s\0{flags}\0"
-        self.release_head = f"{self.prefix}\0r\0{flags}\0"
         self.rpm_text, self.tpm_text = str(self.rpm), str(self.tpm)
         self.alone = (self,)
 
     def check(self, tokens: int) -> ScopeCheck:
         return ScopeCheck(self.prefix, self.rpm, self.tpm, self.concurrency, tokens if self.tpm else 0, head=self.head)
-
-    def end(self, release: bool, tokens: int, estimate: int, spent_key: str = "", cost: int = 0) -> ScopeEnd:
-        return ScopeEnd(self.prefix, release, self.rpm > 0, self.tpm > 0, self.concurrency > 0, self.budget is not None,
-                        tokens, estimate, spent_key, cost,
-                        head=self.release_head if release else self.settle_head)  # fmt: skip
 
 
 @dataclass(slots=True, eq=False)
@@ -286,35 +276,24 @@ class Limiter:
         usage = call.usage
         settle = adm.served or usage is not None
         tokens = usage.prompt_tokens + usage.completion_tokens if usage is not None else adm.tokens
-        items: list[tuple[str, list[ScopeEnd]]] = []
-        ends: list[ScopeEnd] = []
         if adm.reserved:
             adm.reserved = False
-            cost = 0
             if adm.budget is not None and settle:
-                if usage is not None and price is not None:
-                    cost = round(price.cost(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens) * NANO)
-                elif usage is None:
+                if usage is None:
                     cost = adm.cost
-            for check, rule in zip(adm.required, adm.rules, strict=True):
-                end = rule.end(not settle, tokens, check.tokens, check.spent_key, cost)
-                if check.budget and settle:
-                    end.spent_key, end.spent_ttl_ms = self._spent_period(adm)
-                ends.append(end)
+                elif price is not None:
+                    cost = round(price.cost(usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens) * NANO)
+                else:
+                    cost = 0
+                self.counters.settle(adm.rid, adm.required, False, tokens, cost, self._spent_period(adm))
+            else:
+                self.counters.settle(adm.rid, adm.required, not settle, tokens)
         provider = adm.provider
         if provider is not None:
             adm.provider = None
-            provider_end = ScopeEnd(provider.prefix, False, tpm=bool(provider.tpm),
-                                    concurrency=bool(provider.concurrency), tokens=tokens if settle else 0,
-                                    estimate=provider.tokens)  # fmt: skip
-            if adm.provider_rid == adm.rid:
-                ends.append(provider_end)
-            else:
-                items.append((adm.provider_rid, [provider_end]))
-        if ends:
-            items.append((adm.rid, ends))
-        if items:
-            self.counters.settle_soon(items)
+            end = ScopeEnd(provider.prefix, False, tpm=bool(provider.tpm), concurrency=bool(provider.concurrency),
+                           tokens=tokens if settle else 0, estimate=provider.tokens)  # fmt: skip
+            self.counters.settle_soon([(adm.provider_rid, [end])])
 
     def _spent_period(self, adm: Admission) -> tuple[str, int]:
         """The period a settled cost is charged to (the one current now) and how long to keep it."""
@@ -337,9 +316,10 @@ _FRACTIONS = ("", *(f".{r:03d}".rstrip("0") for r in range(1, 1000)))
 
 def duration(ms: int) -> str:
     """OpenAI's (Go's) duration format: `120ms`, `1s`, `8.64s`, `6m0s`, `1h2m3s`."""
-    ms = max(int(ms), 0)
+    if type(ms) is not int:
+        ms = int(ms)
     if ms < 1000:
-        return f"{ms}ms"
+        return f"{ms}ms" if ms > 0 else "0ms"
     if ms < 60_000:
         return f"{ms // 1000}{_FRACTIONS[ms % 1000]}s"
     hours, rest = divmod(ms, 3_600_000)
@@ -357,22 +337,15 @@ def _seconds(ms: int) -> str:
 
 def _headers(rpm: int, tpm: int, info: WindowInfo, rpm_text: str = "", tpm_text: str = "") -> dict[str, str]:
     """The `x-ratelimit-*` headers of a scope's rpm and tpm (0: none); `*_text`: the limits as text."""
-    if rpm and tpm:
-        return {
-            "x-ratelimit-limit-requests": rpm_text or str(rpm),
-            "x-ratelimit-remaining-requests": str(max(info.requests_remaining, 0)),
-            "x-ratelimit-reset-requests": duration(info.requests_reset_ms),
-            "x-ratelimit-limit-tokens": tpm_text or str(tpm),
-            "x-ratelimit-remaining-tokens": str(max(info.tokens_remaining, 0)),
-            "x-ratelimit-reset-tokens": duration(info.tokens_reset_ms),
-        }
     headers: dict[str, str] = {}
     if rpm:
+        left = info.requests_remaining
         headers["x-ratelimit-limit-requests"] = rpm_text or str(rpm)
-        headers["x-ratelimit-remaining-requests"] = str(max(info.requests_remaining, 0))
+        headers["x-ratelimit-remaining-requests"] = str(left) if left > 0 else "0"
         headers["x-ratelimit-reset-requests"] = duration(info.requests_reset_ms)
     if tpm:
+        left = info.tokens_remaining
         headers["x-ratelimit-limit-tokens"] = tpm_text or str(tpm)
-        headers["x-ratelimit-remaining-tokens"] = str(max(info.tokens_remaining, 0))
+        headers["x-ratelimit-remaining-tokens"] = str(left) if left > 0 else "0"
         headers["x-ratelimit-reset-tokens"] = duration(info.tokens_reset_ms)
     return headers

@@ -50,7 +50,8 @@ class Price:
 
     def cost(self, prompt: int, completion: int, cached: int = 0) -> float:
         """USD: uncached input * input + cached input * cached_input + output * output, per 1M."""
-        cached = min(cached, prompt)
+        if cached > prompt:
+            cached = prompt
         cached_rate = self.input if self.cached_input is None else self.cached_input
         return ((prompt - cached) * self.input + cached * cached_rate + completion * self.output) / 1e6
 

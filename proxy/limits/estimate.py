@@ -20,6 +20,12 @@ IMAGE_TOKENS = 1000
 #: Tokens of framing per chat message (role, separators).
 MESSAGE_TOKENS = 4
 _OUTPUT_KEYS = ("max_completion_tokens", "max_tokens", "max_output_tokens")
+_OTHER_KEYS = frozenset(("prompt", "input", "instructions", "tools"))
+
+
+def _count(value: Any) -> bool:
+    """Whether `value` is a JSON integer (not a bool); `type` first, the common case without a call."""
+    return type(value) is int or (isinstance(value, int) and not isinstance(value, bool))
 
 
 def output_cap(body: dict[str, Any] | None) -> int | None:
@@ -28,9 +34,10 @@ def output_cap(body: dict[str, Any] | None) -> int | None:
         return None
     for key in _OUTPUT_KEYS:
         value = body.get(key)
-        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        if value is not None and _count(value) and value >= 0:
             n = body.get("n")
-            return value * n if isinstance(n, int) and not isinstance(n, bool) and n > 1 else value
+            cap: int = value * n if n is not None and _count(n) and n > 1 else value
+            return cap
     return None
 
 
@@ -73,18 +80,19 @@ def input_tokens(body: dict[str, Any] | None, raw_size: int) -> int:
                 if "tool_calls" in m:
                     chars += len(str(m["tool_calls"]))
         extra += MESSAGE_TOKENS * len(messages)
-    for key in ("prompt", "input", "instructions"):
-        value = body.get(key)
-        if isinstance(value, list) and value and all(isinstance(v, int) for v in value):
-            extra += len(value)  # token ids
-        elif isinstance(value, list) and value and all(isinstance(v, list) for v in value):
-            extra += sum(len(v) for v in value)
-        elif value is not None:
-            c, i = _chars(value)
-            chars, images = chars + c, images + i
-    tools = body.get("tools")
-    if tools:
-        chars += len(str(tools))
+    if not _OTHER_KEYS.isdisjoint(body):  # a chat body has none of them: one C-level check
+        for key in ("prompt", "input", "instructions"):
+            value = body.get(key)
+            if isinstance(value, list) and value and all(isinstance(v, int) for v in value):
+                extra += len(value)  # token ids
+            elif isinstance(value, list) and value and all(isinstance(v, list) for v in value):
+                extra += sum(len(v) for v in value)
+            elif value is not None:
+                c, i = _chars(value)
+                chars, images = chars + c, images + i
+        tools = body.get("tools")
+        if tools:
+            chars += len(str(tools))
     if not chars and not images and not extra:
         return (raw_size + 3) // 4  # a body in some other shape: its size is the bound
     return (chars + 3) // 4 + images * IMAGE_TOKENS + extra

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..state import StateUnavailable
 from ..state.resp import RespConnectionError, RespError, encode
-from .windows import KINDS, LEASE_MS, NANO, WINDOW_MS, Counters, ScopeCheck, ScopeEnd, Verdict, WindowInfo
+from .windows import KINDS, LEASE_MS, NANO, WINDOW_MS, Counters, ScopeCheck, ScopeEnd, Verdict, WindowInfo, end_wire
 
 if TYPE_CHECKING:
     from ..state import RedisStore
@@ -216,7 +216,8 @@ local function take(f, rid)
 end
 
 -- One request's admission (from A[pos]: id, nreq, nany, then 9 fields per scope); its reply
--- is appended to `out`, preceded by its length.
+-- is appended to `out`: status, chosen, the number of rejections, 4 numbers per required
+-- scope, 3 per rejection.
 local function admit_one(pos, out)
   local rid = A[pos]
   local nreq, nany = tonumber(A[pos + 1]), tonumber(A[pos + 2])
@@ -239,7 +240,7 @@ local function admit_one(pos, out)
     for k = 0, nreq - 1 do take(read(base + 9 * k), rid) end
     if chosen >= 0 then take(read(base + 9 * (nreq + chosen)), rid) end
   end
-  local res = {status, chosen}
+  local res = {status, chosen, #rej / 3}
   for k = 0, nreq - 1 do
     local f = read(base + 9 * k)
     local a, b, c, d = -1, -1, -1, -1
@@ -253,22 +254,22 @@ local function admit_one(pos, out)
     res[#res + 1] = a; res[#res + 1] = b; res[#res + 1] = c; res[#res + 1] = d
   end
   for _, v in ipairs(rej) do res[#res + 1] = v end
-  out[#out + 1] = #res
   for _, v in ipairs(res) do out[#out + 1] = v end
   return base + 9 * (nreq + nany)
 end
 
 -- One request's settlement (or release) in each of its scopes (from A[pos]: id, n, then 11
--- fields per scope: prefix mode rpm tpm conc budget tokens estimate spent_key cost ttl).
+-- fields per scope: mode prefix rpm tpm conc tokens estimate budget spent_key cost ttl, where
+-- rpm, tpm, conc and budget say only whether the scope has that limit: > 0).
 local function finish_one(pos)
   local rid = A[pos]
   local n = tonumber(A[pos + 1])
   for k = 0, n - 1 do
     local i = pos + 2 + 11 * k
-    local p, release = NS .. A[i] .. ':', A[i + 1] == 'r'
-    local rpm, tpm, conc, budget = A[i + 2] == '1', A[i + 3] == '1', A[i + 4] == '1', A[i + 5] == '1'
-    local tokens, estimate, spent_key = tonumber(A[i + 6]), tonumber(A[i + 7]), A[i + 8]
-    local cost, ttl = tonumber(A[i + 9]), tonumber(A[i + 10])
+    local release, p = A[i] == 'r', NS .. A[i + 1] .. ':'
+    local rpm, tpm, conc = A[i + 2] ~= '0', A[i + 3] ~= '0', A[i + 4] ~= '0'
+    local tokens, estimate, budget = tonumber(A[i + 5]), tonumber(A[i + 6]), A[i + 7] ~= '0'
+    local spent_key, cost, ttl = A[i + 8], tonumber(A[i + 9]), tonumber(A[i + 10])
     if tpm then
       local h = redis.call('HMGET', p .. 'h', rid, '#', '+')
       local sum = tonumber(h[2]) or 0
@@ -345,10 +346,7 @@ return redis.error_reply('relaygate limits: unknown op ' .. tostring(op))
 
 
 _Admit = tuple[str, Sequence[ScopeCheck], Sequence[ScopeCheck], "asyncio.Future[Verdict]"]
-_Finish = tuple[str, Sequence[ScopeEnd]]
 _Done = Callable[[Any, BaseException | None], None]
-
-
 _COUNTS = tuple(str(n) for n in range(16))
 
 
@@ -371,8 +369,10 @@ class RedisCounters(Counters):
         # "EVALSHA sha 0 op window lease ns", encoded once per op (7 of each call's arguments)
         self._heads = {op: encode(["EVALSHA", self._sha, 0, op, *self._head])[len(b"*7\r\n") :] for op in _OPS}
         self._skip_until = 0.0
-        self._admits: list[_Admit] = []
-        self._finishes: list[_Finish] = []
+        self._admits: list[_Admit] = []  # the next batch's admissions, and their text
+        self._admit_text: list[str] = []
+        self._finish_text: list[str] = []  # the next batch's settlements, as text
+        self._finish_count = 0
         self._finish_waiters: list[asyncio.Future[None]] = []  # awaited `finish` calls of the next batch
         self._sending = False  # a loop turn's batch is scheduled
         #: Reservations of this process holding leases: rid -> (taken at, scope prefixes).
@@ -453,7 +453,7 @@ class RedisCounters(Counters):
 
     def _send(self) -> None:
         self._sending = False
-        if self._finishes:  # first: what they free is there for the admissions
+        if self._finish_count:  # first: what they free is there for the admissions
             self._send_finishes()
         if self._admits:
             self._send_admits()
@@ -465,19 +465,19 @@ class RedisCounters(Counters):
             raise StateUnavailable("shared state down")
         fut: asyncio.Future[Verdict] = asyncio.get_running_loop().create_future()
         self._admits.append((rid, required, any_of, fut))
+        text = self._admit_text
+        text.append(f"{rid}\0{_count(len(required))}\0{_count(len(any_of))}")
+        for c in required:
+            text.append(c.wire())
+        for c in any_of:
+            text.append(c.wire())
         self._schedule()
         return fut
 
     def _send_admits(self) -> None:
         batch, self._admits = self._admits, []
-        parts: list[str] = []
-        for rid, required, any_of, _ in batch:
-            parts.append(f"{rid}\0{_count(len(required))}\0{_count(len(any_of))}")
-            for c in required:
-                parts.append(c.wire())
-            for c in any_of:
-                parts.append(c.wire())
-        self._submit("admit", [len(batch), "\0".join(parts)], lambda out, exc: self._admitted(batch, out, exc))
+        text, self._admit_text = self._admit_text, []
+        self._submit("admit", [len(batch), "\0".join(text)], lambda out, exc: self._admitted(batch, out, exc))
 
     def _admitted(self, batch: list[_Admit], reply: Any, exc: BaseException | None) -> None:
         if exc is not None:
@@ -485,39 +485,37 @@ class RedisCounters(Counters):
                 if not fut.done():
                     fut.set_exception(exc)
             return
-        out = reply.split()  # per request: its length, status, chosen, 4 per required scope, 3 per rejection
+        out = reply.split()  # per request: status, chosen, rejections, 4 per required scope, 3 per rejection
         pos = 0
         for rid, required, any_of, fut in batch:
-            end = pos + 1 + int(out[pos])
-            status, chosen = int(out[pos + 1]), int(out[pos + 2])
+            status, chosen, refused = out[pos], out[pos + 1], out[pos + 2]
             pos += 3
             info = []
             for _ in required:
                 info.append(WindowInfo(int(out[pos]), int(out[pos + 1]), int(out[pos + 2]), int(out[pos + 3])))
                 pos += 4
             rejections = []
-            while pos < end:
-                rejections.append((int(out[pos]), KINDS[int(out[pos + 1])], int(out[pos + 2])))
-                pos += 3
-            if status == 0:
+            if refused != b"0":
+                for _ in range(int(refused)):
+                    rejections.append((int(out[pos]), KINDS[int(out[pos + 1])], int(out[pos + 2])))
+                    pos += 3
+            verdict = Verdict(0 if status == b"0" else int(status), -1 if chosen == b"-1" else int(chosen), info,
+                              rejections)  # fmt: skip
+            if verdict.status == 0:
+                taken = [*required, any_of[verdict.chosen]] if verdict.chosen >= 0 else required
                 if fut.done():  # the caller was cancelled (client gone) before the answer: give it all back
-                    taken = [*required, any_of[chosen]] if chosen >= 0 else required
-                    ends = [ScopeEnd(c.prefix, True, rpm=bool(c.rpm), tpm=bool(c.tpm), concurrency=bool(c.concurrency),
-                                     budget=bool(c.budget)) for c in taken]  # fmt: skip
-                    self.settle_soon([(rid, ends)])
+                    self.settle(rid, taken, True, 0)
                     continue
                 leased: list[str] = []
-                for c in required:
+                for c in taken:
                     if c.concurrency or c.budget:
                         leased.append(c.prefix)
-                if chosen >= 0 and (any_of[chosen].concurrency or any_of[chosen].budget):
-                    leased.append(any_of[chosen].prefix)
                 if leased:
                     self._leases[rid] = (time.monotonic(), leased)
                     if self._refresher is None:
                         self._refresher = asyncio.get_running_loop().create_task(self._refresh())
             if not fut.done():
-                fut.set_result(Verdict(status, chosen, info, rejections))
+                fut.set_result(verdict)
 
     # -------------------------------------------------------------- finish
 
@@ -529,35 +527,53 @@ class RedisCounters(Counters):
         self.settle_soon([(rid, ends)])
         await fut
 
+    def _unlease(self, rid: str, prefixes: Sequence[str]) -> None:
+        """Stop renewing the leases `rid` held in these scopes."""
+        held = self._leases.get(rid)
+        if held is not None:
+            left = [p for p in held[1] if p not in prefixes]
+            if left:
+                self._leases[rid] = (held[0], left)
+            else:
+                del self._leases[rid]
+
     def settle_soon(self, items: Sequence[tuple[str, Sequence[ScopeEnd]]]) -> None:
         if self._skipping():
             log.debug("a settlement was dropped: shared state down (its leases lapse)")
             return
-        leases = self._leases
+        text = self._finish_text
         for rid, ends in items:
-            if leases:
-                held = leases.get(rid)
-                if held is not None:
-                    left = [p for p in held[1] if all(e.prefix != p for e in ends)]
-                    if left:
-                        leases[rid] = (held[0], left)
-                    else:
-                        del leases[rid]
-            self._finishes.append((rid, ends))
+            if self._leases:
+                self._unlease(rid, [e.prefix for e in ends])
+            text.append(f"{rid}\0{_count(len(ends))}")
+            for e in ends:
+                text.append(e.wire())
+        self._finish_count += len(items)
+        self._schedule()
+
+    def settle(self, rid: str, checks: Sequence[ScopeCheck], release: bool, tokens: int, cost: int = 0,
+               spent: tuple[str, int] = ("", 0)) -> None:  # fmt: skip
+        if self._skipping():
+            log.debug("a settlement was dropped: shared state down (its leases lapse)")
+            return
+        if self._leases:
+            self._unlease(rid, [c.prefix for c in checks])
+        text = self._finish_text
+        text.append(f"{rid}\0{_count(len(checks))}")
+        for c in checks:
+            head = c.head or f"{c.prefix}\0{c.rpm}\0{c.tpm}\0{c.concurrency}\0"
+            text.append(end_wire(release, head, tokens, c.tokens, c.budget, spent[0], cost, spent[1]))
+        self._finish_count += 1
         self._schedule()
 
     def _send_finishes(self) -> None:
-        batch, self._finishes = self._finishes, []
+        count, self._finish_count = self._finish_count, 0
+        text, self._finish_text = self._finish_text, []
         waiters, self._finish_waiters = self._finish_waiters, []
-        parts: list[str] = []
-        for rid, ends in batch:
-            parts.append(f"{rid}\0{_count(len(ends))}")
-            for e in ends:
-                parts.append(e.wire())
 
         def finished(_out: Any, exc: BaseException | None) -> None:
             if isinstance(exc, StateUnavailable):
-                log.debug("%d settlements were dropped: shared state down (their leases lapse)", len(batch))
+                log.debug("%d settlements were dropped: shared state down (their leases lapse)", count)
             for fut in waiters:
                 if fut.done():
                     continue
@@ -566,7 +582,7 @@ class RedisCounters(Counters):
                 else:
                     fut.set_exception(exc)
 
-        self._submit("finish", [len(batch), "\0".join(parts)], finished)
+        self._submit("finish", [count, "\0".join(text)], finished)
 
     async def _refresh(self) -> None:
         """Extend the leases of long requests (streams) while they last; ends when none is left."""

@@ -31,9 +31,8 @@ LEASE_MS = 300_000
 KINDS = ("", "requests", "tokens", "concurrency", "budget")
 NANO = 1_000_000_000  # budgets are counted in nano-USD: integers, exact in Lua's doubles
 # A scope's budget fields without a budget (the script reads them only with one): admission's
-# budget, spent_key, cost and period_left; settlement's spent_key, cost and ttl.
+# budget, spent_key, cost and period_left; settlement's budget, spent_key, cost and ttl.
 _NO_BUDGET = "0\0\0" "0\0" "0"
-_NO_SPEND = "\0" "0\0" "0"
 
 
 @dataclass(slots=True)
@@ -96,18 +95,22 @@ class ScopeEnd:
     spent_key: str = ""
     cost: int = 0  # nano-USD, the real cost
     spent_ttl_ms: int = 0  # keep the period's spend this long (0: forever)
-    #: The fixed fields' wire text, `prefix\0mode\0rpm\0tpm\0concurrency\0budget\0`, when the
-    #: caller has it made once per scope; "" to make it here.
-    head: str = field(default="", repr=False, compare=False)
 
     def wire(self) -> str:
-        """The Lua script's fields for this scope, NUL-separated (without a budget, its fields are 0)."""
-        head = self.head or (f"{self.prefix}\0{'r' if self.release else 's'}\0{'1' if self.rpm else '0'}\0"
-                             f"{'1' if self.tpm else '0'}\0{'1' if self.concurrency else '0'}\0"
-                             f"{'1' if self.budget else '0'}\0")  # fmt: skip
-        if self.budget:
-            return f"{head}{self.tokens}\0{self.estimate}\0{self.spent_key}\0{self.cost}\0{self.spent_ttl_ms}"
-        return f"{head}{self.tokens}\0{self.estimate}\0" + _NO_SPEND
+        """The Lua script's fields for this scope, NUL-separated: mode, then as `end_wire`."""
+        head = f"{self.prefix}\0{int(self.rpm)}\0{int(self.tpm)}\0{int(self.concurrency)}\0"
+        return end_wire(self.release, head, self.tokens, self.estimate, int(self.budget), self.spent_key, self.cost,
+                        self.spent_ttl_ms)  # fmt: skip
+
+
+def end_wire(release: bool, head: str, tokens: int, estimate: int, budget: int = 0, spent_key: str = "", cost: int = 0,
+             spent_ttl_ms: int = 0) -> str:  # fmt: skip
+    """A settlement's fields for the script: mode, `head` (prefix, rpm, tpm, concurrency: a
+    `ScopeCheck.head`, where only > 0 counts), tokens, estimate, budget, spent_key, cost, ttl."""
+    if budget:
+        return (f"{'r' if release else 's'}\0{head}{tokens}\0{estimate}\0{budget}\0{spent_key}\0{cost}"
+                f"\0{spent_ttl_ms}")  # fmt: skip
+    return f"{'r' if release else 's'}\0{head}{tokens}\0{estimate}\0" + _NO_BUDGET
 
 
 class Counters(ABC):
@@ -133,6 +136,15 @@ class Counters(ABC):
         """`finish` several reservations without waiting: applied now, or queued now and sent
         within this event-loop turn. A request's handler returns at once (its keep-alive
         connection is free for the next request), and a cancelled caller loses nothing."""
+
+    def settle(self, rid: str, checks: Sequence[ScopeCheck], release: bool, tokens: int, cost: int = 0,
+               spent: tuple[str, int] = ("", 0)) -> None:  # fmt: skip
+        """`settle_soon` of the scopes `checks` of reservation `rid`: released, or settled to
+        `tokens` (a budget: charged `cost`, in period `spent[0]`, kept `spent[1]` ms). Each
+        `ScopeEnd` follows from its check; Redis writes the text without making them."""
+        ends = [ScopeEnd(c.prefix, release, c.rpm > 0, c.tpm > 0, c.concurrency > 0, c.budget > 0, tokens, c.tokens,
+                         spent[0], cost, spent[1]) for c in checks]  # fmt: skip
+        self.settle_soon([(rid, ends)])
 
     async def touch(self, leases: Sequence[tuple[str, str]]) -> None:  # noqa: B027  # memory leases never lapse
         """Extend the leases (concurrency, budget) of (rid, prefix) pairs still in flight."""

@@ -88,8 +88,8 @@ async def attempt(runtime: Runtime, call: Call, send: Send = send_to_provider) -
             continue
         if adm is not None:
             adm.served = True
-            if adm.headers:
-                reply.headers = {**reply.headers, **adm.headers} if reply.headers else dict(adm.headers)
+            if adm.headers:  # the admission's own dict: the reply may keep it
+                reply.headers = {**reply.headers, **adm.headers} if reply.headers else adm.headers
         return reply, chunk
     if last is not None:
         raise last
