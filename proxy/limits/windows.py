@@ -32,7 +32,7 @@ KINDS = ("", "requests", "tokens", "concurrency", "budget")
 NANO = 1_000_000_000  # budgets are counted in nano-USD: integers, exact in Lua's doubles
 # A scope's budget fields without a budget (the script reads them only with one): admission's
 # budget, spent_key, cost and period_left; settlement's budget, spent_key, cost and ttl.
-_NO_BUDGET = "0\0\0" "0\0" "0"
+NO_BUDGET = "0\0\0" "0\0" "0"
 
 
 @dataclass(slots=True)
@@ -57,7 +57,7 @@ class ScopeCheck:
         head = self.head or f"{self.prefix}\0{self.rpm}\0{self.tpm}\0{self.concurrency}\0"
         if self.budget:
             return f"{head}{self.tokens}\0{self.budget}\0{self.spent_key}\0{self.cost}\0{self.period_left_ms}"
-        return f"{head}{self.tokens}\0" + _NO_BUDGET
+        return f"{head}{self.tokens}\0" + NO_BUDGET
 
 
 @dataclass(slots=True)
@@ -110,7 +110,7 @@ def end_wire(release: bool, head: str, tokens: int, estimate: int, budget: int =
     if budget:
         return (f"{'r' if release else 's'}\0{head}{tokens}\0{estimate}\0{budget}\0{spent_key}\0{cost}"
                 f"\0{spent_ttl_ms}")  # fmt: skip
-    return f"{'r' if release else 's'}\0{head}{tokens}\0{estimate}\0" + _NO_BUDGET
+    return f"{'r' if release else 's'}\0{head}{tokens}\0{estimate}\0" + NO_BUDGET
 
 
 class Counters(ABC):

@@ -47,7 +47,9 @@ class Store(ABC):
         self.on_error: OnError = on_error
         #: Outages seen so far (a metric; one per transition from up to down).
         self.outages = 0
-        self._down = False
+        #: The backend failed its last call (read it; `mark_down`/`mark_up` change it). A plain
+        #: attribute, not a property: the limits' hot path reads it on every request.
+        self.down = False
         self._attachments: dict[str, Any] = {}
 
     @abstractmethod
@@ -76,14 +78,10 @@ class Store(ABC):
         for item in attachments.values():
             await item.close()
 
-    @property
-    def down(self) -> bool:
-        return self._down
-
     def mark_down(self, exc: BaseException) -> None:
         """Record a failed call: logged once per outage, not once per request."""
-        if not self._down:
-            self._down = True
+        if not self.down:
+            self.down = True
             self.outages += 1
             log.error(
                 "shared state unreachable (%s); on_error=%s: %s until it is back",
@@ -93,8 +91,8 @@ class Store(ABC):
             )
 
     def mark_up(self) -> None:
-        if self._down:
-            self._down = False
+        if self.down:
+            self.down = False
             log.warning("shared state reachable again")
 
 
