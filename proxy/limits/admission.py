@@ -22,7 +22,7 @@ from ..state import RedisStore, StateUnavailable, Store
 from .config import Budget, Limits, Price
 from .estimate import Periods, input_tokens, output_cap
 from .redis import RedisCounters
-from .windows import NANO, Counters, MemoryCounters, ScopeCheck, ScopeEnd, Verdict, WindowInfo
+from .windows import NANO, Counters, MemoryCounters, ScopeCheck, ScopeEnd, Verdict
 
 if TYPE_CHECKING:
     from ..config.load import Config, Route
@@ -148,8 +148,9 @@ class Limiter:
                 cost = math.ceil(price.cost(inputs, cap) * NANO)
         required: list[ScopeCheck]
         rules: tuple[_Rule, ...]
-        if key is not None:
-            check = key.check(tokens)
+        if key is not None:  # `key.check(tokens)`, inline
+            check = ScopeCheck(key.prefix, key.rpm, key.tpm, key.concurrency, tokens if key.tpm else 0, 0, "", 0, 0,
+                               key.head)  # fmt: skip
             if budget is not None:
                 pid, end = self.periods.current(budget.period)
                 check.budget = max(1, round(budget.usd * NANO))
@@ -219,7 +220,7 @@ class Limiter:
             adm.reserved = True
             rule = adm.rules[0]
             if rule.scope == "key" and (rule.rpm or rule.tpm):
-                adm.headers = _headers(rule.rpm, rule.tpm, verdict.info[0], rule.rpm_text, rule.tpm_text)
+                adm.headers = _headers(rule.rpm, rule.tpm, verdict.window(0), rule.rpm_text, rule.tpm_text)
         if not candidates:
             return 0
         chosen = candidates[verdict.chosen]
@@ -246,7 +247,7 @@ class Limiter:
             message = f"Too many requests in flight for the {what} '{name}': the limit is {check.concurrency} at once."
             headers["retry-after"] = "1"
         else:
-            headers.update(_headers(check.rpm, check.tpm, verdict.info[index]))
+            headers.update(_headers(check.rpm, check.tpm, verdict.window(index)))
             if kind == "requests":
                 message = f"Rate limit reached for requests on the {what} '{name}': limit {check.rpm} per minute."
             elif check.tokens > check.tpm:
@@ -335,17 +336,27 @@ def _seconds(ms: int) -> str:
     return str(max(1, math.ceil(ms / 1000)))
 
 
-def _headers(rpm: int, tpm: int, info: WindowInfo, rpm_text: str = "", tpm_text: str = "") -> dict[str, str]:
-    """The `x-ratelimit-*` headers of a scope's rpm and tpm (0: none); `*_text`: the limits as text."""
+def _headers(rpm: int, tpm: int, window: Sequence[int], rpm_text: str = "", tpm_text: str = "") -> dict[str, str]:
+    """The `x-ratelimit-*` headers of a scope's rpm and tpm (0: none), from its `Verdict.window`
+    (requests remaining, reset ms, tokens remaining, reset ms); `*_text`: the limits as text."""
+    requests_left, requests_reset, tokens_left, tokens_reset = window
+    if rpm and tpm:  # the common case, as one dict (one window on Redis: one reset, formatted once)
+        reset = duration(requests_reset)
+        return {
+            "x-ratelimit-limit-requests": rpm_text or str(rpm),
+            "x-ratelimit-remaining-requests": str(requests_left) if requests_left > 0 else "0",
+            "x-ratelimit-reset-requests": reset,
+            "x-ratelimit-limit-tokens": tpm_text or str(tpm),
+            "x-ratelimit-remaining-tokens": str(tokens_left) if tokens_left > 0 else "0",
+            "x-ratelimit-reset-tokens": reset if tokens_reset == requests_reset else duration(tokens_reset),
+        }
     headers: dict[str, str] = {}
     if rpm:
-        left = info.requests_remaining
         headers["x-ratelimit-limit-requests"] = rpm_text or str(rpm)
-        headers["x-ratelimit-remaining-requests"] = str(left) if left > 0 else "0"
-        headers["x-ratelimit-reset-requests"] = duration(info.requests_reset_ms)
+        headers["x-ratelimit-remaining-requests"] = str(requests_left) if requests_left > 0 else "0"
+        headers["x-ratelimit-reset-requests"] = duration(requests_reset)
     if tpm:
-        left = info.tokens_remaining
         headers["x-ratelimit-limit-tokens"] = tpm_text or str(tpm)
-        headers["x-ratelimit-remaining-tokens"] = str(left) if left > 0 else "0"
-        headers["x-ratelimit-reset-tokens"] = duration(info.tokens_reset_ms)
+        headers["x-ratelimit-remaining-tokens"] = str(tokens_left) if tokens_left > 0 else "0"
+        headers["x-ratelimit-reset-tokens"] = duration(tokens_reset)
     return headers

@@ -20,12 +20,13 @@ import hashlib
 import logging
 import struct
 import time
+from asyncio import get_running_loop
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..state import StateUnavailable
 from ..state.resp import RespConnectionError, RespError, encode
-from .windows import KINDS, LEASE_MS, NANO, NO_BUDGET, WINDOW_MS, Counters, ScopeCheck, ScopeEnd, Verdict, WindowInfo
+from .windows import KINDS, LEASE_MS, NANO, NO_BUDGET, WINDOW_MS, Counters, ScopeCheck, ScopeEnd, Verdict
 
 if TYPE_CHECKING:
     from ..state import RedisStore
@@ -351,12 +352,7 @@ return redis.error_reply('relaygate limits: unknown op ' .. tostring(op))
 
 _Admit = tuple[str, Sequence[ScopeCheck], Sequence[ScopeCheck], "asyncio.Future[Verdict]"]
 _Done = Callable[[Any, BaseException | None], None]
-_COUNTS = tuple(str(n) for n in range(16))
-
-
-def _count(n: int) -> str:
-    """A small count as text (a request's scopes), without formatting an int each time."""
-    return _COUNTS[n] if n < 16 else str(n)
+_COUNTS = tuple(str(n) for n in range(16))  # a request's scopes as text, without formatting an int
 
 
 class RedisCounters(Counters):
@@ -467,18 +463,22 @@ class RedisCounters(Counters):
     def admit(self, rid: str, required: Sequence[ScopeCheck], any_of: Sequence[ScopeCheck]) -> asyncio.Future[Verdict]:
         if self.store.down and self._skipping():
             raise StateUnavailable("shared state down")
-        fut: asyncio.Future[Verdict] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[Verdict] = get_running_loop().create_future()
         self._admits.append((rid, required, any_of, fut))
+        n, m = len(required), len(any_of)
         text = self._admit_text
-        text.append(f"{rid}\0{_count(len(required))}\0{_count(len(any_of))}")
-        for c in required:
-            text.append(c.wire())
-        if any_of:
+        if n == 1 and not m and required[0].head and not required[0].budget:  # one scope: `wire`, inline
+            c = required[0]
+            text.append(f"{rid}\0" "1\0" "0\0" f"{c.head}{c.tokens}\0{NO_BUDGET}")
+        else:
+            text.append(f"{rid}\0{_COUNTS[n] if n < 16 else n}\0{_COUNTS[m] if m < 16 else m}")
+            for c in required:
+                text.append(c.wire())
             for c in any_of:
                 text.append(c.wire())
         if not self._sending:
             self._sending = True
-            asyncio.get_running_loop().call_soon(self._send)
+            get_running_loop().call_soon(self._send)
         return fut
 
     def _send_admits(self) -> None:
@@ -492,35 +492,35 @@ class RedisCounters(Counters):
                 if not fut.done():
                     fut.set_exception(exc)
             return
-        # Per request: status, chosen, rejections, 4 per required scope, 3 per rejection.
+        # Per request: status, chosen, rejections, 4 per required scope (the Verdict reads them
+        # where they are), 3 per rejection.
         out = struct.unpack(f"<{len(reply) >> 3}q", reply)
         pos = 0
         for rid, required, any_of, fut in batch:
             status, chosen, refused = out[pos : pos + 3]
-            pos += 3
-            info = []
-            for _ in required:
-                info.append(WindowInfo(out[pos], out[pos + 1], out[pos + 2], out[pos + 3]))
-                pos += 4
+            at = pos + 3
+            pos = at + 4 * len(required)
             rejections = []
-            for _ in range(refused):
-                rejections.append((out[pos], KINDS[out[pos + 1]], out[pos + 2]))
-                pos += 3
+            if refused:
+                for _ in range(refused):
+                    rejections.append((out[pos], KINDS[out[pos + 1]], out[pos + 2]))
+                    pos += 3
+            if fut.done():  # the caller was cancelled (client gone) before the answer: give it all back
+                if status == 0:
+                    self.settle(rid, [*required, any_of[chosen]] if chosen >= 0 else required, True, 0)
+                continue
             if status == 0:
-                taken = [*required, any_of[chosen]] if chosen >= 0 else required
-                if fut.done():  # the caller was cancelled (client gone) before the answer: give it all back
-                    self.settle(rid, taken, True, 0)
-                    continue
-                leased: list[str] = []
-                for c in taken:
+                leased: list[str] | None = None
+                for c in required:
                     if c.concurrency or c.budget:
-                        leased.append(c.prefix)
+                        leased = [*(leased or ()), c.prefix]
+                if chosen >= 0 and (any_of[chosen].concurrency or any_of[chosen].budget):
+                    leased = [*(leased or ()), any_of[chosen].prefix]
                 if leased:
                     self._leases[rid] = (time.monotonic(), leased)
                     if self._refresher is None:
-                        self._refresher = asyncio.get_running_loop().create_task(self._refresh())
-            if not fut.done():
-                fut.set_result(Verdict(status, chosen, info, rejections))
+                        self._refresher = get_running_loop().create_task(self._refresh())
+            fut.set_result(Verdict(status, chosen, None, rejections, out, at, len(required)))
 
     # -------------------------------------------------------------- finish
 
@@ -550,7 +550,7 @@ class RedisCounters(Counters):
         for rid, ends in items:
             if self._leases:
                 self._unlease(rid, [e.prefix for e in ends])
-            text.append(f"{rid}\0{_count(len(ends))}")
+            text.append(f"{rid}\0{len(ends)}")
             for e in ends:
                 text.append(e.wire())
         self._finish_count += len(items)
@@ -563,19 +563,24 @@ class RedisCounters(Counters):
             return
         if self._leases:
             self._unlease(rid, [c.prefix for c in checks])
+        n = len(checks)
         text = self._finish_text
-        text.append(f"{rid}\0{_count(len(checks))}")
         mode = "r\0" if release else "s\0"
-        for c in checks:
-            head = c.head or f"{c.prefix}\0{c.rpm}\0{c.tpm}\0{c.concurrency}\0"
-            if c.budget:
-                text.append(f"{mode}{head}{tokens}\0{c.tokens}\0{c.budget}\0{spent[0]}\0{cost}\0{spent[1]}")
-            else:  # as `end_wire`, inline: this runs for every request
-                text.append(f"{mode}{head}{tokens}\0{c.tokens}\0{NO_BUDGET}")
+        if n == 1 and checks[0].head and not checks[0].budget:  # one scope: as below, in one string
+            c = checks[0]
+            text.append(f"{rid}\0" "1\0" f"{mode}{c.head}{tokens}\0{c.tokens}\0{NO_BUDGET}")
+        else:
+            text.append(f"{rid}\0{_COUNTS[n] if n < 16 else n}")
+            for c in checks:
+                head = c.head or f"{c.prefix}\0{c.rpm}\0{c.tpm}\0{c.concurrency}\0"
+                if c.budget:
+                    text.append(f"{mode}{head}{tokens}\0{c.tokens}\0{c.budget}\0{spent[0]}\0{cost}\0{spent[1]}")
+                else:  # as `end_wire`, inline: this runs for every request
+                    text.append(f"{mode}{head}{tokens}\0{c.tokens}\0{NO_BUDGET}")
         self._finish_count += 1
         if not self._sending:
             self._sending = True
-            asyncio.get_running_loop().call_soon(self._send)
+            get_running_loop().call_soon(self._send)
 
     def _send_finishes(self) -> None:
         count, self._finish_count = self._finish_count, 0

@@ -70,14 +70,47 @@ class WindowInfo:
     tokens_reset_ms: int = -1
 
 
-@dataclass(slots=True)
 class Verdict:
-    #: 0 admitted; 1 a required scope said no; 2 every candidate (provider) said no.
-    status: int
-    chosen: int = -1  # index into `any_of` that was reserved; -1 if none was asked or found
-    info: list[WindowInfo] = field(default_factory=list)  # one per required scope
-    #: Every limit that said no: (index over required + any_of, kind, retry after in ms).
-    rejections: list[tuple[int, str, int]] = field(default_factory=list)
+    """An admission's outcome.
+
+    `status`: 0 admitted; 1 a required scope said no; 2 every candidate (provider) said no.
+    `chosen`: the index into `any_of` that was reserved; -1 if none was asked or found.
+    `info`: a `WindowInfo` per required scope. `rejections`: every limit that said no, as
+    (index over required + any_of, kind, retry after in ms). Counters that read the
+    scopes' numbers from one packed reply hand them over as they are (`numbers` from
+    `at`, 4 per scope): `window` reads them without making the `WindowInfo` objects.
+    """
+
+    __slots__ = ("_at", "_info", "_numbers", "_scopes", "chosen", "rejections", "status")
+
+    def __init__(self, status: int, chosen: int = -1, info: list[WindowInfo] | None = None,
+                 rejections: list[tuple[int, str, int]] | None = None, numbers: Sequence[int] = (), at: int = 0,
+                 scopes: int = 0) -> None:  # fmt: skip
+        self.status = status
+        self.chosen = chosen
+        self.rejections = [] if rejections is None else rejections
+        self._info = info
+        self._numbers = numbers
+        self._at = at
+        self._scopes = scopes
+
+    @property
+    def info(self) -> list[WindowInfo]:
+        if self._info is None:
+            numbers, at = self._numbers, self._at
+            self._info = [WindowInfo(*numbers[at + 4 * i : at + 4 * i + 4]) for i in range(self._scopes)]
+        return self._info
+
+    def window(self, index: int) -> Sequence[int]:
+        """Scope `index`'s requests remaining, their reset (ms), tokens remaining, their reset."""
+        if self._info is None:
+            at = self._at + 4 * index
+            return self._numbers[at : at + 4]
+        info = self._info[index]
+        return info.requests_remaining, info.requests_reset_ms, info.tokens_remaining, info.tokens_reset_ms
+
+    def __repr__(self) -> str:
+        return f"Verdict(status={self.status}, chosen={self.chosen}, info={self.info}, rejections={self.rejections})"
 
 
 @dataclass(slots=True)
