@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from itertools import count
 from typing import TYPE_CHECKING
 
+from multidict import istr
+
 from ..errors import GatewayError, LimitExceeded, UpstreamCapacityExceeded
 from ..state import RedisStore, StateUnavailable, Store
 from .config import Budget, Limits, Price
@@ -311,6 +313,14 @@ def _check(prefix: str, limits: Limits | None, tokens: int) -> ScopeCheck:
 # ---------------------------------------------------------------- headers
 
 
+# The header names as multidict's case-insensitive strings: aiohttp's headers take them as they are.
+_LIMIT_REQUESTS = istr("x-ratelimit-limit-requests")
+_REMAINING_REQUESTS = istr("x-ratelimit-remaining-requests")
+_RESET_REQUESTS = istr("x-ratelimit-reset-requests")
+_LIMIT_TOKENS = istr("x-ratelimit-limit-tokens")
+_REMAINING_TOKENS = istr("x-ratelimit-remaining-tokens")
+_RESET_TOKENS = istr("x-ratelimit-reset-tokens")
+
 #: ".001" ... ".999" (trailing zeros dropped), "" for 0: a duration's fraction of a second.
 _FRACTIONS = ("", *(f".{r:03d}".rstrip("0") for r in range(1, 1000)))
 
@@ -343,20 +353,20 @@ def _headers(rpm: int, tpm: int, window: Sequence[int], rpm_text: str = "", tpm_
     if rpm and tpm:  # the common case, as one dict (one window on Redis: one reset, formatted once)
         reset = duration(requests_reset)
         return {
-            "x-ratelimit-limit-requests": rpm_text or str(rpm),
-            "x-ratelimit-remaining-requests": str(requests_left) if requests_left > 0 else "0",
-            "x-ratelimit-reset-requests": reset,
-            "x-ratelimit-limit-tokens": tpm_text or str(tpm),
-            "x-ratelimit-remaining-tokens": str(tokens_left) if tokens_left > 0 else "0",
-            "x-ratelimit-reset-tokens": reset if tokens_reset == requests_reset else duration(tokens_reset),
+            _LIMIT_REQUESTS: rpm_text or str(rpm),
+            _REMAINING_REQUESTS: str(requests_left) if requests_left > 0 else "0",
+            _RESET_REQUESTS: reset,
+            _LIMIT_TOKENS: tpm_text or str(tpm),
+            _REMAINING_TOKENS: str(tokens_left) if tokens_left > 0 else "0",
+            _RESET_TOKENS: reset if tokens_reset == requests_reset else duration(tokens_reset),
         }
     headers: dict[str, str] = {}
     if rpm:
-        headers["x-ratelimit-limit-requests"] = rpm_text or str(rpm)
-        headers["x-ratelimit-remaining-requests"] = str(requests_left) if requests_left > 0 else "0"
-        headers["x-ratelimit-reset-requests"] = duration(requests_reset)
+        headers[_LIMIT_REQUESTS] = rpm_text or str(rpm)
+        headers[_REMAINING_REQUESTS] = str(requests_left) if requests_left > 0 else "0"
+        headers[_RESET_REQUESTS] = duration(requests_reset)
     if tpm:
-        headers["x-ratelimit-limit-tokens"] = tpm_text or str(tpm)
-        headers["x-ratelimit-remaining-tokens"] = str(tokens_left) if tokens_left > 0 else "0"
-        headers["x-ratelimit-reset-tokens"] = duration(tokens_reset)
+        headers[_LIMIT_TOKENS] = tpm_text or str(tpm)
+        headers[_REMAINING_TOKENS] = str(tokens_left) if tokens_left > 0 else "0"
+        headers[_RESET_TOKENS] = duration(tokens_reset)
     return headers
