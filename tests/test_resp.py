@@ -92,3 +92,21 @@ def test_parse_waits_for_whole_replies() -> None:
     for cut in range(1, len(reply)):
         assert _parse(reply[:cut], 0)[0] is _INCOMPLETE, f"a partial reply parsed at {cut}"
     assert _parse(reply, 0) == ([b"abc", -5], len(reply))
+
+
+async def test_replies_split_anywhere_reach_their_callbacks_in_order() -> None:
+    """Replies read where they arrive, or kept until their rest comes: each callback gets its own."""
+    from proxy.state.resp import _Connection
+
+    stream = b"$3\r\nabc\r\n:7\r\n-ERR no\r\n$0\r\n\r\n*1\r\n:1\r\n"
+    for cut in range(len(stream) + 1):
+        for second in range(cut, len(stream) + 1):
+            conn = _Connection(timeout=1.0)
+            got: list[object] = []
+            for _ in range(5):
+                conn.waiters.append((0.0, got.append))
+            for part in (stream[:cut], stream[cut:second], stream[second:]):
+                if part:
+                    conn.data_received(part)
+            assert got[:2] == [b"abc", 7] and isinstance(got[2], RespError) and got[3:] == [b"", [1]], (cut, second)
+            assert not conn.buf and not conn.waiters

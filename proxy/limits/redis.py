@@ -22,6 +22,7 @@ import struct
 import time
 from asyncio import get_running_loop
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from ..state import StateUnavailable
@@ -408,26 +409,30 @@ class RedisCounters(Counters):
         return result
 
     def _submit(self, op: str, args: list[Any], done: _Done) -> None:
-        """Send one call without a task or a future when the connection is open; `done(result, error)`."""
+        """Send one call (`args`: a count and a batch's text) without a task or a future when the
+        connection is open; `done(result, error)`."""
         conn = self._client.ready()
         if conn is None or self.store.down:  # connecting, or probing: the awaited path
             self._awaited(op, args, done)
             return
-
-        def replied(result: Any, exc: BaseException | None) -> None:
-            if exc is None:
-                done(result, None)
-            elif isinstance(exc, RespError) and str(exc).startswith("NOSCRIPT"):  # Redis restarted: send the script
-                self._awaited(op, args, done)
-            elif isinstance(exc, self.store.errors):
-                done(None, self._failed(exc))
-            else:
-                done(None, exc)
-
+        count, text = args
+        n = b"%d" % count
+        data = text.encode()
+        payload = b"*9\r\n%s$%d\r\n%s\r\n$%d\r\n%s\r\n" % (self._heads[op], len(n), n, len(data), data)
         try:
-            conn.send_now(encode(args, self._heads[op], 7), replied)
+            conn.send_now(payload, partial(self._replied, op, args, done))
         except RespConnectionError:  # closed since `ready`: the awaited path reconnects
             self._awaited(op, args, done)
+
+    def _replied(self, op: str, args: list[Any], done: _Done, result: Any) -> None:
+        if not isinstance(result, BaseException):
+            done(result, None)
+        elif isinstance(result, RespError) and str(result).startswith("NOSCRIPT"):  # Redis restarted: send the script
+            self._awaited(op, args, done)
+        elif isinstance(result, self.store.errors):
+            done(None, self._failed(result))
+        else:
+            done(None, result)
 
     def _awaited(self, op: str, args: list[Any], done: _Done) -> None:
         """`_run` in a task of its own (it connects, or sends the script), reporting to `done`."""
@@ -484,7 +489,7 @@ class RedisCounters(Counters):
     def _send_admits(self) -> None:
         batch, self._admits = self._admits, []
         text, self._admit_text = self._admit_text, []
-        self._submit("admit", [len(batch), "\0".join(text)], lambda out, exc: self._admitted(batch, out, exc))
+        self._submit("admit", [len(batch), "\0".join(text)], partial(self._admitted, batch))
 
     def _admitted(self, batch: list[_Admit], reply: Any, exc: BaseException | None) -> None:
         if exc is not None:

@@ -24,8 +24,9 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 log = logging.getLogger("relaygate.state")
-#: What `_Connection.send_now` calls with a reply: (value, None), or (None, the error).
-OnReply = Callable[[Any, BaseException | None], None]
+#: What `_Connection.send_now` calls with a reply: its value, or the error (a `RespError`
+#: reply, or the `RespConnectionError` that ended the connection). What it raises is logged.
+OnReply = Callable[[Any], None]
 
 
 class RespError(Exception):
@@ -84,17 +85,6 @@ def _parse(buf: bytes | bytearray, pos: int) -> tuple[Any, int]:
     raise RespConnectionError(f"unexpected reply type {chr(kind)!r} from Redis")
 
 
-def _reply(on_reply: OnReply, value: Any) -> None:
-    """Hand a reply (or an error) to a callback; what it raises is logged, never the connection's."""
-    try:
-        if isinstance(value, BaseException):
-            on_reply(None, value)
-        else:
-            on_reply(value, None)
-    except Exception:
-        log.exception("a Redis reply's callback failed")
-
-
 class _Connection(asyncio.Protocol):
     def __init__(self, timeout: float) -> None:
         self.timeout = timeout
@@ -111,12 +101,16 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         buf = self.buf
-        buf += data
+        if buf:  # the rest of a reply that came in parts
+            buf += data
+            src: bytes | bytearray = buf
+        else:  # the common case: whole replies, read where they are
+            src = data
         pos = 0
         waiters = self.waiters
         try:
-            while pos < len(buf):
-                value, nxt = _parse(buf, pos)
+            while pos < len(src):
+                value, nxt = _parse(src, pos)
                 if value is _INCOMPLETE:
                     break
                 pos = nxt
@@ -124,7 +118,10 @@ class _Connection(asyncio.Protocol):
                     raise RespConnectionError("a reply nobody asked for")
                 _, waiter = waiters.popleft()
                 if not isinstance(waiter, asyncio.Future):
-                    _reply(waiter, value)
+                    try:
+                        waiter(value)
+                    except Exception:
+                        log.exception("a Redis reply's callback failed")
                 elif not waiter.done():  # a cancelled caller's reply is read and dropped
                     if isinstance(value, RespError):
                         waiter.set_exception(value)
@@ -133,7 +130,10 @@ class _Connection(asyncio.Protocol):
         except (RespConnectionError, ValueError) as exc:
             self.fail(RespConnectionError(str(exc)))
             return
-        del buf[:pos]
+        if src is buf:
+            del buf[:pos]
+        elif pos < len(data):
+            buf += data[pos:]
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.fail(RespConnectionError(f"connection to Redis lost: {exc or 'closed'}"))
@@ -191,7 +191,10 @@ class _Connection(asyncio.Protocol):
         while self.waiters:
             _, waiter = self.waiters.popleft()
             if not isinstance(waiter, asyncio.Future):
-                _reply(waiter, exc)
+                try:
+                    waiter(exc)
+                except Exception:
+                    log.exception("a Redis reply's callback failed")
             elif not waiter.done():
                 waiter.set_exception(exc)
         if self.transport is not None:
