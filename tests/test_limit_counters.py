@@ -152,3 +152,12 @@ async def test_admissions_and_settlements_of_mixed_shapes_in_one_batch(counters:
     assert (await counters.snapshot(tokens.prefix))["tokens"] == 30
     snap = await counters.snapshot(budget.prefix, "m1")
     assert snap["concurrency"] == 0 and snap["reserved_usd"] == 0 and snap["spent_usd"] == 0.05
+
+
+async def test_a_settlement_and_an_admission_of_one_turn_settle_first(counters: Counters) -> None:
+    """On Redis they travel as one call: what the settlement frees is there for the admission."""
+    s = scope(concurrency=1)
+    assert (await counters.admit("a", [s], [])).status == 0
+    counters.settle_soon([("a", [ScopeEnd(s.prefix, False, concurrency=True)])])
+    assert (await counters.admit("b", [s], [])).status == 0
+    assert (await counters.snapshot(s.prefix))["concurrency"] == 1

@@ -37,7 +37,7 @@ NS = "relaygate:lim:"
 #: After a failed call, requests skip Redis (and get `on_error` at once) for this long,
 #: so a dead or black-holed Redis costs one timeout per interval, not one per request.
 PROBE_INTERVAL = 0.5
-_OPS = ("admit", "finish", "touch", "peek")
+_OPS = ("batch", "settle", "admit", "touch", "peek")
 
 SCRIPT = r"""
 -- relaygate limits: admission and settlement over every scope of a request, atomically.
@@ -310,18 +310,33 @@ local function finish_one(pos)
   return pos + 2 + 11 * n
 end
 
--- A batch: the requests that asked within one event-loop turn of one process, in order,
--- each as atomic as if alone (a script runs without interleaving).
-if op == 'admit' or op == 'finish' then
-  local count = tonumber(ARGV[5])
-  A = split(ARGV[6])
+-- A batch: the settlements (ARGV[5] of them, their text in ARGV[6]) and the admissions
+-- (ARGV[7], ARGV[8]) asked within one event-loop turn of one process, in order, each as
+-- atomic as if alone (a script runs without interleaving); settlements first, so that
+-- what they free is there for the admissions.
+-- ('settle' and 'admit' carry one side only, in ARGV[5] and ARGV[6].)
+if op == 'batch' or op == 'settle' or op == 'admit' then
   local out = {}
-  local pos = 1
-  for _ = 1, count do
-    if op == 'admit' then pos = admit_one(pos, out) else pos = finish_one(pos) end
+  local settled, settle_text, admitted, admit_text = 0, '', 0, ''
+  if op == 'batch' then
+    settled, settle_text, admitted, admit_text = tonumber(ARGV[5]), ARGV[6], tonumber(ARGV[7]), ARGV[8]
+  elseif op == 'settle' then
+    settled, settle_text = tonumber(ARGV[5]), ARGV[6]
+  else
+    admitted, admit_text = tonumber(ARGV[5]), ARGV[6]
   end
-  -- One string of little-endian 64-bit integers: the gateway reads them all in one call,
-  -- far cheaper than an array of numbers or their decimal text.
+  if settled > 0 then
+    A = split(settle_text)
+    local pos = 1
+    for _ = 1, settled do pos = finish_one(pos) end
+  end
+  if admitted > 0 then
+    A = split(admit_text)
+    local pos = 1
+    for _ = 1, admitted do pos = admit_one(pos, out) end
+  end
+  -- The admissions' replies as one string of little-endian 64-bit integers: the gateway
+  -- reads them all in one call, far cheaper than an array of numbers or their decimal text.
   for i, v in ipairs(out) do out[i] = struct.pack('<i8', v) end
   return table.concat(out)
 end
@@ -409,16 +424,19 @@ class RedisCounters(Counters):
         return result
 
     def _submit(self, op: str, args: list[Any], done: _Done) -> None:
-        """Send one call (`args`: a count and a batch's text) without a task or a future when the
+        """Send one batch (`args`: counts and their text) without a task or a future when the
         connection is open; `done(result, error)`."""
         conn = self._client.ready()
         if conn is None or self.store.down:  # connecting, or probing: the awaited path
             self._awaited(op, args, done)
             return
-        count, text = args
-        n = b"%d" % count
-        data = text.encode()
-        payload = b"*9\r\n%s$%d\r\n%s\r\n$%d\r\n%s\r\n" % (self._heads[op], len(n), n, len(data), data)
+        n, data = b"%d" % args[0], args[1].encode()
+        if len(args) == 2:
+            payload = b"*9\r\n%s$%d\r\n%s\r\n$%d\r\n%s\r\n" % (self._heads[op], len(n), n, len(data), data)
+        else:
+            n2, data2 = b"%d" % args[2], args[3].encode()
+            payload = b"*11\r\n%s$%d\r\n%s\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (
+                self._heads[op], len(n), n, len(data), data, len(n2), n2, len(data2), data2)  # fmt: skip
         try:
             conn.send_now(payload, partial(self._replied, op, args, done))
         except RespConnectionError:  # closed since `ready`: the awaited path reconnects
@@ -457,11 +475,39 @@ class RedisCounters(Counters):
             asyncio.get_running_loop().call_soon(self._send)
 
     def _send(self) -> None:
+        """This loop turn's settlements and admissions, as one call."""
         self._sending = False
-        if self._finish_count:  # first: what they free is there for the admissions
-            self._send_finishes()
-        if self._admits:
-            self._send_admits()
+        settled, admitted = self._finish_count, len(self._admits)
+        if settled:
+            self._finish_count = 0
+            settle_text, self._finish_text = "\0".join(self._finish_text), []
+            waiters, self._finish_waiters = self._finish_waiters, []
+        if admitted:
+            batch, self._admits = self._admits, []
+            admit_text, self._admit_text = "\0".join(self._admit_text), []
+        if settled and admitted:
+            self._submit("batch", [settled, settle_text, admitted, admit_text],
+                         partial(self._sent, batch, waiters, settled))  # fmt: skip
+        elif admitted:
+            self._submit("admit", [admitted, admit_text], partial(self._admitted, batch))
+        elif settled:
+            self._submit("settle", [settled, settle_text], partial(self._settled, waiters, settled))
+
+    def _sent(self, batch: list[_Admit], waiters: list[asyncio.Future[None]], settled: int, reply: Any,
+              exc: BaseException | None) -> None:  # fmt: skip
+        self._settled(waiters, settled, reply, exc)
+        self._admitted(batch, reply, exc)
+
+    def _settled(self, waiters: list[asyncio.Future[None]], settled: int, _reply: Any,
+                 exc: BaseException | None) -> None:  # fmt: skip
+        if isinstance(exc, StateUnavailable):
+            log.debug("%d settlements were dropped: shared state down (their leases lapse)", settled)
+        for fut in waiters:
+            if not fut.done():
+                if exc is None:
+                    fut.set_result(None)
+                else:
+                    fut.set_exception(exc)
 
     # -------------------------------------------------------------- admit
 
@@ -485,11 +531,6 @@ class RedisCounters(Counters):
             self._sending = True
             get_running_loop().call_soon(self._send)
         return fut
-
-    def _send_admits(self) -> None:
-        batch, self._admits = self._admits, []
-        text, self._admit_text = self._admit_text, []
-        self._submit("admit", [len(batch), "\0".join(text)], partial(self._admitted, batch))
 
     def _admitted(self, batch: list[_Admit], reply: Any, exc: BaseException | None) -> None:
         if exc is not None:
@@ -586,24 +627,6 @@ class RedisCounters(Counters):
         if not self._sending:
             self._sending = True
             get_running_loop().call_soon(self._send)
-
-    def _send_finishes(self) -> None:
-        count, self._finish_count = self._finish_count, 0
-        text, self._finish_text = self._finish_text, []
-        waiters, self._finish_waiters = self._finish_waiters, []
-
-        def finished(_out: Any, exc: BaseException | None) -> None:
-            if isinstance(exc, StateUnavailable):
-                log.debug("%d settlements were dropped: shared state down (their leases lapse)", count)
-            for fut in waiters:
-                if fut.done():
-                    continue
-                if exc is None:
-                    fut.set_result(None)
-                else:
-                    fut.set_exception(exc)
-
-        self._submit("finish", [count, "\0".join(text)], finished)
 
     async def _refresh(self) -> None:
         """Extend the leases of long requests (streams) while they last; ends when none is left."""
