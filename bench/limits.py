@@ -10,6 +10,10 @@ so every request is admitted, priced and settled). Interleaved rounds; medians.
 Besides req/s and gateway CPU per request it reads Redis's own command statistics over
 the measured window: the limits budget is one round trip to admit and one to settle
 (two EVALSHA calls per request) and nothing else.
+
+`--pin` gives the gateways the first core and everything else (load generator, mock
+upstream, Redis) the other: as in production, where Redis and the clients have machines
+of their own, the gateway's throughput is then its own, not what is left of two shared cores.
 """
 
 from __future__ import annotations
@@ -107,6 +111,13 @@ async def main_async(args: argparse.Namespace) -> None:
         procs.append(plain)
         limited = start_gateway("limits", workdir, limits_config(workdir, mock.port, redis_server.url))
         procs.append(limited)
+        if args.pin:
+            others = set(range(1, os.cpu_count() or 2))
+            for pid in (os.getpid(), mock.pid, redis_server.pid):
+                os.sched_setaffinity(pid, others)
+            for gw in (plain, limited):
+                os.sched_setaffinity(gw.pid, {0})
+            print("gateways pinned to core 0; load generator, mock upstream and Redis to the others\n")
         targets = {"plain": (plain, None), "limits": (limited, rds)}
         cells: dict[tuple[bool, int, str], list[dict[str, float]]] = {}
         for _ in range(args.rounds):
@@ -141,6 +152,7 @@ def main() -> None:
     parser.add_argument("--mode", choices=("json", "stream", "both"), default="json")
     parser.add_argument("--duration", type=float, default=3.0)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--pin", action="store_true", help="gateways on core 0, the rest on the others")
     bench.run_bench(main_async(parser.parse_args()))
 
 
