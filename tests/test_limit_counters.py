@@ -161,3 +161,25 @@ async def test_a_settlement_and_an_admission_of_one_turn_settle_first(counters: 
     counters.settle_soon([("a", [ScopeEnd(s.prefix, False, concurrency=True)])])
     assert (await counters.admit("b", [s], [])).status == 0
     assert (await counters.snapshot(s.prefix))["concurrency"] == 1
+
+
+async def test_one_batch_crosses_every_limit_of_a_scope_exactly(counters: Counters) -> None:
+    """A loop turn's admissions to one scope (one script run on Redis, which reads the scope's
+    state once and keeps it current): each sees the ones before it."""
+    rpm = scope(rpm=4)
+    tpm = scope(tpm=250, tokens=100)
+    conc = scope(concurrency=3)
+    budget = scope(budget=NANO, spent_key="m1", cost=NANO // 3)
+    both = scope(rpm=5, tpm=1000, tokens=300)
+    for s, admitted in ((rpm, 4), (tpm, 2), (conc, 3), (budget, 3), (both, 3)):
+        verdicts = await asyncio.gather(*(counters.admit(f"r{i}", [s], []) for i in range(6)))
+        assert [v.status for v in verdicts] == [0] * admitted + [1] * (6 - admitted), s
+    fresh = scope(rpm=3, tpm=90, tokens=30)
+    verdicts = await asyncio.gather(*(counters.admit(f"f{i}", [fresh], []) for i in range(3)))
+    assert [v.info[0].requests_remaining for v in verdicts] == [2, 1, 0]
+    assert [v.info[0].tokens_remaining for v in verdicts] == [60, 30, 0]
+    assert all(0 < v.info[0].requests_reset_ms <= WINDOW + 1 for v in verdicts)
+    snap = await counters.snapshot(budget.prefix, "m1")
+    assert snap["reserved_usd"] == pytest.approx(1.0, abs=1e-8) and snap["concurrency"] == 0
+    assert (await counters.snapshot(conc.prefix))["concurrency"] == 3
+    assert (await counters.snapshot(both.prefix))["tokens"] == 900

@@ -93,10 +93,18 @@ local function read(i)
   return f
 end
 
--- Drop what has left the window (or whose lease ran out); note the scope's state in `f`.
-local function purge(f)
+-- Each scope's state as of `now` (admissions in the window, their tokens, leases in
+-- flight, budget reserved and spent), read once per script run and kept current by `take`:
+-- `now` does not move within a run, so a batch's later admissions to a scope need not purge
+-- or read it again. (A batch's settlements all run before its first admission reads one.)
+local states = {}
+
+-- Drop what has left the window (or whose lease ran out), once per run; the scope's state.
+local function state(f)
   local p = f.p
-  if f.tpm > 0 then
+  local s = states[p]
+  if not s then s = {spent = {}}; states[p] = s end
+  if f.tpm > 0 and not s.tokens_read then
     local old = redis.call('ZRANGEBYSCORE', p .. 'w', '-inf', horizon)
     local freed, extra = 0, 0
     if #old > 0 then
@@ -105,30 +113,37 @@ local function purge(f)
       redis.call('ZREMRANGEBYSCORE', p .. 'w', '-inf', horizon)
     end
     local h = redis.call('HMGET', p .. 'h', '#', '+', '@')
-    f.used = math.max((tonumber(h[1]) or 0) - freed, 0)
-    f.excess = math.max((tonumber(h[2]) or 0) - extra, 0)
-    f.refresh = tonumber(h[3]) or 0
-    if #old > 0 then redis.call('HSET', p .. 'h', '#', f.used, '+', f.excess) end
-    f.n = redis.call('ZCARD', p .. 'w') - f.excess
-  elseif f.rpm > 0 then
+    s.used = math.max((tonumber(h[1]) or 0) - freed, 0)
+    s.excess = math.max((tonumber(h[2]) or 0) - extra, 0)
+    s.refresh = tonumber(h[3]) or 0
+    if #old > 0 then redis.call('HSET', p .. 'h', '#', s.used, '+', s.excess) end
+    s.n = redis.call('ZCARD', p .. 'w') - s.excess
+    s.tokens_read, s.window_read = true, true
+  elseif f.rpm > 0 and not s.window_read then
     redis.call('ZREMRANGEBYSCORE', p .. 'w', '-inf', horizon)
-    f.n = redis.call('ZCARD', p .. 'w')
+    s.n = redis.call('ZCARD', p .. 'w')
+    s.window_read = true
   end
-  if f.conc > 0 then
+  if f.conc > 0 and not s.inflight then
     redis.call('ZREMRANGEBYSCORE', p .. 'c', '-inf', now)
-    f.inflight = redis.call('ZCARD', p .. 'c')
+    s.inflight = redis.call('ZCARD', p .. 'c')
   end
   if f.budget > 0 then
-    local gone = redis.call('ZRANGEBYSCORE', p .. 'b', '-inf', now)
-    local freed = 0
-    if #gone > 0 then
-      freed = take_sum(p .. 'bh', gone)
-      redis.call('ZREMRANGEBYSCORE', p .. 'b', '-inf', now)
+    if not s.reserved then
+      local gone = redis.call('ZRANGEBYSCORE', p .. 'b', '-inf', now)
+      local freed = 0
+      if #gone > 0 then
+        freed = take_sum(p .. 'bh', gone)
+        redis.call('ZREMRANGEBYSCORE', p .. 'b', '-inf', now)
+      end
+      s.reserved = math.max(tonumber(redis.call('HGET', p .. 'bh', '#') or '0') - freed, 0)
+      if freed > 0 then redis.call('HSET', p .. 'bh', '#', s.reserved) end
     end
-    f.reserved = math.max(tonumber(redis.call('HGET', p .. 'bh', '#') or '0') - freed, 0)
-    if freed > 0 then redis.call('HSET', p .. 'bh', '#', f.reserved) end
-    f.spent = tonumber(redis.call('GET', p .. 's:' .. f.spent_key) or '0')
+    if not s.spent[f.spent_key] then
+      s.spent[f.spent_key] = tonumber(redis.call('GET', p .. 's:' .. f.spent_key) or '0')
+    end
   end
+  return s
 end
 
 -- When the k-th oldest admission (1-based, excess entries skipped) leaves the window.
@@ -165,56 +180,67 @@ local function tokens_free(p, need)
   return W
 end
 
-local function check(f, index, rej)
+local function check(f, s, index, rej)
   local ok = true
-  if f.rpm > 0 and f.n >= f.rpm then
-    rej[#rej + 1] = index; rej[#rej + 1] = 1; rej[#rej + 1] = leaves(f.p, f.n - f.rpm + 1)
+  if f.rpm > 0 and s.n >= f.rpm then
+    rej[#rej + 1] = index; rej[#rej + 1] = 1; rej[#rej + 1] = leaves(f.p, s.n - f.rpm + 1)
     ok = false
   end
-  if f.tpm > 0 and f.used + f.tokens > f.tpm then
+  if f.tpm > 0 and s.used + f.tokens > f.tpm then
     local wait = W
-    if f.tokens <= f.tpm then wait = tokens_free(f.p, f.used + f.tokens - f.tpm) end
+    if f.tokens <= f.tpm then wait = tokens_free(f.p, s.used + f.tokens - f.tpm) end
     rej[#rej + 1] = index; rej[#rej + 1] = 2; rej[#rej + 1] = wait
     ok = false
   end
-  if f.conc > 0 and f.inflight >= f.conc then
+  if f.conc > 0 and s.inflight >= f.conc then
     rej[#rej + 1] = index; rej[#rej + 1] = 3; rej[#rej + 1] = 1000
     ok = false
   end
-  if f.budget > 0 and f.spent + f.reserved + f.cost > f.budget then
+  if f.budget > 0 and s.spent[f.spent_key] + s.reserved + f.cost > f.budget then
     rej[#rej + 1] = index; rej[#rej + 1] = 4; rej[#rej + 1] = f.left
     ok = false
   end
   return ok
 end
 
-local function take(f, rid)
+-- Reserve in one scope; the keys' expiries are pushed back once per run, not per admission.
+local function take(f, s, rid)
   local p = f.p
   if f.rpm > 0 or f.tpm > 0 then
     redis.call('ZADD', p .. 'w', now, rid)
-    f.n = (f.n or 0) + 1
+    s.n = (s.n or 0) + 1
+    if s.oldest == false then s.oldest = now end
     if f.tpm > 0 then
-      f.used = f.used + f.tokens
-      redis.call('HSET', p .. 'h', rid, f.tokens, '#', f.used)
-      if now >= f.refresh then  -- idle scopes vanish on their own; refreshed once a second, not per call
+      s.used = s.used + f.tokens
+      redis.call('HSET', p .. 'h', rid, f.tokens, '#', s.used)
+      if now >= s.refresh then  -- idle scopes vanish on their own; refreshed once a second, not per call
         redis.call('PEXPIRE', p .. 'w', W + 2000)
         redis.call('PEXPIRE', p .. 'h', W + 2000)
         redis.call('HSET', p .. 'h', '@', now + 1000)
+        s.refresh = now + 1000
       end
-    else
+    elseif not s.window_kept then
       redis.call('PEXPIRE', p .. 'w', W + 2000)
+      s.window_kept = true
     end
   end
   if f.conc > 0 then
     redis.call('ZADD', p .. 'c', now + LEASE, rid)
-    redis.call('PEXPIRE', p .. 'c', LEASE + 1000)
+    s.inflight = s.inflight + 1
+    if not s.leases_kept then
+      redis.call('PEXPIRE', p .. 'c', LEASE + 1000)
+      s.leases_kept = true
+    end
   end
   if f.budget > 0 then
-    f.reserved = f.reserved + f.cost
+    s.reserved = s.reserved + f.cost
     redis.call('ZADD', p .. 'b', now + LEASE, rid)
-    redis.call('HSET', p .. 'bh', rid, f.cost, '#', f.reserved)
-    redis.call('PEXPIRE', p .. 'b', LEASE + 1000)
-    redis.call('PEXPIRE', p .. 'bh', LEASE + 1000)
+    redis.call('HSET', p .. 'bh', rid, f.cost, '#', s.reserved)
+    if not s.budget_kept then
+      redis.call('PEXPIRE', p .. 'b', LEASE + 1000)
+      redis.call('PEXPIRE', p .. 'bh', LEASE + 1000)
+      s.budget_kept = true
+    end
   end
 end
 
@@ -225,34 +251,46 @@ local function admit_one(pos, out)
   local rid = A[pos]
   local nreq, nany = tonumber(A[pos + 1]), tonumber(A[pos + 2])
   local base = pos + 3
-  for k = 0, nreq + nany - 1 do purge(read(base + 9 * k)) end
+  for k = 0, nreq + nany - 1 do state(read(base + 9 * k)) end
   local rej = {}
   local ok = true
   for k = 0, nreq - 1 do
-    if not check(read(base + 9 * k), k, rej) then ok = false end
+    local f = read(base + 9 * k)
+    if not check(f, states[f.p], k, rej) then ok = false end
   end
   local status, chosen = 0, -1
   if not ok then status = 1 end
   if ok and nany > 0 then
     for k = 0, nany - 1 do
-      if check(read(base + 9 * (nreq + k)), nreq + k, rej) then chosen = k; break end
+      local f = read(base + 9 * (nreq + k))
+      if check(f, states[f.p], nreq + k, rej) then chosen = k; break end
     end
     if chosen < 0 then status = 2 end
   end
   if status == 0 then
-    for k = 0, nreq - 1 do take(read(base + 9 * k), rid) end
-    if chosen >= 0 then take(read(base + 9 * (nreq + chosen)), rid) end
+    for k = 0, nreq - 1 do
+      local f = read(base + 9 * k)
+      take(f, states[f.p], rid)
+    end
+    if chosen >= 0 then
+      local f = read(base + 9 * (nreq + chosen))
+      take(f, states[f.p], rid)
+    end
   end
   local res = {status, chosen, #rej / 3}
   for k = 0, nreq - 1 do
     local f = read(base + 9 * k)
+    local s = states[f.p]
     local a, b, c, d = -1, -1, -1, -1
     if f.rpm > 0 or f.tpm > 0 then
-      local e = redis.call('ZRANGE', f.p .. 'w', 0, 0, 'WITHSCORES')
+      if s.oldest == nil then  -- the window's oldest admission, read once per run
+        local e = redis.call('ZRANGE', f.p .. 'w', 0, 0, 'WITHSCORES')
+        s.oldest = #e > 0 and tonumber(e[2])
+      end
       local reset = 0
-      if #e > 0 then reset = tonumber(e[2]) + W + 1 - now end
-      if f.rpm > 0 then a = math.max(f.rpm - f.n, 0); b = reset end
-      if f.tpm > 0 then c = math.max(f.tpm - f.used, 0); d = reset end
+      if s.oldest then reset = s.oldest + W + 1 - now end
+      if f.rpm > 0 then a = math.max(f.rpm - s.n, 0); b = reset end
+      if f.tpm > 0 then c = math.max(f.tpm - s.used, 0); d = reset end
     end
     res[#res + 1] = a; res[#res + 1] = b; res[#res + 1] = c; res[#res + 1] = d
   end
@@ -359,8 +397,8 @@ end
 -- A scope's counters as of now (tests, debugging): requests, tokens, in flight, reserved nano-USD, spent.
 if op == 'peek' then
   local f = {p = NS .. ARGV[5] .. ':', rpm = 1, tpm = 1, conc = 1, budget = 1, spent_key = ARGV[6]}
-  purge(f)
-  return {f.n, f.used, f.inflight, f.reserved, f.spent}
+  local s = state(f)
+  return {s.n, s.used, s.inflight, s.reserved, s.spent[f.spent_key]}
 end
 return redis.error_reply('relaygate limits: unknown op ' .. tostring(op))
 """
