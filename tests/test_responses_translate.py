@@ -173,6 +173,19 @@ def test_max_output_tokens_gives_incomplete(gw: Gateway, stream: bool) -> None:
     assert len(body["output"][0]["content"][0]["text"].split()) == 16
 
 
+def test_a_refusal_is_a_refusal_part_streamed_or_not(client: openai.OpenAI, upstream: FakeOpenAI) -> None:
+    refusal = "I cannot help with that."
+    upstream.on("gpt-4o-mini", Behaviour(refusal=refusal))
+    r = client.responses.create(model="chat-mini", input="something bad")
+    body = validate_response(r.model_dump(mode="json", exclude_unset=True, by_alias=True))
+    assert body["output"][0]["content"] == [{"type": "refusal", "refusal": refusal}] and r.output_text == ""
+    with client.responses.stream(model="chat-mini", input="something bad") as stream:
+        deltas = [e.delta for e in stream if e.type == "response.refusal.delta"]
+        final = stream.get_final_response()
+    assert "".join(deltas) == refusal and len(deltas) == 5
+    assert final.model_dump(mode="json")["output"][0]["content"] == [{"type": "refusal", "refusal": refusal}]
+
+
 def test_upstream_errors_keep_their_meaning(gw: Gateway, upstream: FakeOpenAI) -> None:
     upstream.on("gpt-4o-mini", Behaviour(status=429, retry_after="3"))
     resp = post_json(f"{gw.base_url}/responses", {"model": "chat-mini", "input": "hi"})

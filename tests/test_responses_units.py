@@ -13,7 +13,7 @@ from proxy.errors import InvalidRequest
 from proxy.responses.fields import check_fields
 from proxy.responses.items import normalize, open_reasoning, seal_reasoning, to_messages
 from proxy.responses.response import envelope
-from proxy.responses.stream import StreamTranslator
+from proxy.responses.stream import StreamTranslator, replay
 from proxy.types import Call
 
 RID = "resp_" + "ab" * 24
@@ -71,6 +71,57 @@ async def test_reasoning_text_and_parallel_tool_calls_in_one_stream() -> None:
     kinds = [e["type"] for e in events]
     assert "response.reasoning_summary_text.delta" in kinds
     assert kinds.count("response.function_call_arguments.done") == 2
+
+
+async def test_refusals_stream_as_refusal_parts_after_the_text_part() -> None:
+    blocks = [
+        _chunk({"role": "assistant", "content": "", "refusal": None}),
+        _chunk({"content": "Well,"}),
+        _chunk({"refusal": "I can't"}) + _chunk({"refusal": " help."}),
+        _chunk({}, "stop"),
+    ]
+    events = validate_response_stream(await _translate(blocks), terminal="response.completed")
+    kinds = [e["type"] for e in events]
+    assert kinds[2:] == [
+        "response.output_item.added", "response.content_part.added", "response.output_text.delta",
+        "response.output_text.done", "response.content_part.done",
+        "response.content_part.added", "response.refusal.delta", "response.refusal.delta",
+        "response.refusal.done", "response.content_part.done", "response.output_item.done", "response.completed",
+    ]  # fmt: skip
+    by_kind = {e["type"]: e for e in events}
+    assert by_kind["response.refusal.done"]["refusal"] == "I can't help."
+    assert by_kind["response.refusal.done"]["content_index"] == 1
+    content = events[-1]["response"]["output"][0]["content"]
+    assert content == [{"type": "output_text", "text": "Well,", "annotations": [], "logprobs": []},
+                       {"type": "refusal", "refusal": "I can't help."}]  # fmt: skip
+    assert by_kind["response.output_item.done"]["item"]["content"] == content
+    # A refusal alone is the message's only part, at index 0.
+    events = validate_response_stream(await _translate([_chunk({"refusal": "No."}), _chunk({}, "stop")]))
+    parts = [e for e in events if e["type"] in ("response.content_part.added", "response.refusal.delta")]
+    assert [(e["type"], e["content_index"]) for e in parts] == [("response.content_part.added", 0),
+                                                              ("response.refusal.delta", 0)]  # fmt: skip
+    assert events[-1]["response"]["output"][0]["content"] == [{"type": "refusal", "refusal": "No."}]
+
+
+async def test_a_replay_is_the_stream_of_the_stored_response() -> None:
+    blocks = [
+        _chunk({"role": "assistant", "reasoning_content": "think"}),
+        _chunk({"content": "Well,"}), _chunk({"refusal": "no."}),
+        _chunk({"tool_calls": [{"index": 0, "id": "a", "type": "function", "function": {"name": "f"}}]}),
+        _chunk({"tool_calls": [{"index": 0, "function": {"arguments": '{"x":1}'}}]}),
+        _chunk({}, "tool_calls"),
+    ]  # fmt: skip
+    live = validate_response_stream(await _translate(blocks))
+    stored = live[-1]["response"]
+    again = validate_response_stream(parse_response_stream(replay(stored, False)), terminal="response.completed")
+    assert again[-1]["response"] == stored
+    kinds = [e["type"] for e in again]
+    delta_kinds = {"response.output_text.delta", "response.refusal.delta", "response.reasoning_summary_text.delta",
+                   "response.function_call_arguments.delta"}  # fmt: skip
+    # The same events as the live stream, with each part's deltas as one.
+    assert kinds == [e["type"] for i, e in enumerate(live)
+                     if e["type"] not in delta_kinds or live[i - 1]["type"] != e["type"]]  # fmt: skip
+    assert parse_response_stream(replay(stored, False, starting_after=len(again) - 2)) == again[-1:]
 
 
 def test_field_fates() -> None:

@@ -20,7 +20,7 @@ import orjson
 from ..errors import GatewayError, UpstreamError
 from ..types import Call, Usage
 from .ids import item_id
-from .response import call_item, finish, message_item, reasoning_item, reasoning_of, usage_of
+from .response import call_item, finish, for_client, message_item, reasoning_item, reasoning_of, usage_of
 
 log = logging.getLogger("relaygate.responses")
 
@@ -60,13 +60,14 @@ def chat_chunks(block: bytes) -> list[dict[str, Any]]:
 class _Item:
     """One output item being streamed."""
 
-    __slots__ = ("data", "delta_head", "index", "kind", "parts", "tool_index")
+    __slots__ = ("data", "delta_head", "index", "kind", "parts", "text", "tool_index")
 
     def __init__(self, kind: str, index: int, data: dict[str, Any]) -> None:
-        self.kind = kind
+        self.kind = kind  # message, refusal (a message whose open part is a refusal), reasoning, function_call
         self.index = index
         self.data = data
-        self.parts: list[str] = []  # text, summary text or arguments so far
+        self.parts: list[str] = []  # the open part's text, summary text or arguments so far
+        self.text = ""  # a refusal's message: the text part before it, closed
         self.delta_head = b""
         self.tool_index = -1
 
@@ -129,6 +130,8 @@ class StreamTranslator:
                                     "part": part}))  # fmt: skip
             item.delta_head = (b'event: response.output_text.delta\ndata: {"type":"response.output_text.delta",'
                                + common + b',"content_index":0,"logprobs":[],"delta":')  # fmt: skip
+        elif kind == "refusal":
+            self._open_refusal(item, 0, out)
         elif kind == "reasoning":
             out.append(self._event("response.reasoning_summary_part.added",
                                    {"item_id": data["id"], "output_index": item.index, "summary_index": 0,
@@ -141,17 +144,59 @@ class StreamTranslator:
                                b'{"type":"response.function_call_arguments.delta",' + common + b',"delta":')
         return item
 
+    def _open_refusal(self, item: _Item, content_index: int, out: list[bytes]) -> None:
+        """A refusal part in a message item: its own part, streamed as `response.refusal.delta`."""
+        item_id_ = item.data["id"]
+        out.append(self._event("response.content_part.added",
+                               {"item_id": item_id_, "output_index": item.index, "content_index": content_index,
+                                "part": {"type": "refusal", "refusal": ""}}))  # fmt: skip
+        item.delta_head = (b'event: response.refusal.delta\ndata: {"type":"response.refusal.delta","item_id":'
+                           + orjson.dumps(item_id_) + b',"output_index":' + str(item.index).encode()
+                           + b',"content_index":' + str(content_index).encode() + b',"delta":')  # fmt: skip
+
+    def _close_text(self, item: _Item, out: list[bytes]) -> str:
+        """Close a message's text part (content index 0): its done events; the text."""
+        text = "".join(item.parts)
+        common: dict[str, Any] = {"item_id": item.data["id"], "output_index": item.index, "content_index": 0}
+        out.append(self._event("response.output_text.done", {**common, "text": text, "logprobs": []}))
+        part = {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+        out.append(self._event("response.content_part.done", {**common, "part": part}))
+        return text
+
+    def _refuse(self, refusal: str, out: list[bytes]) -> None:
+        """A refusal delta: into the open message's refusal part, opened after its text part
+        if it has one (the order of a non-stream message's parts)."""
+        item = self.open
+        if item is None or item.kind not in ("message", "refusal"):
+            if item is not None:
+                self._close(item, out)
+            rid = self.response["id"]
+            data = {"id": item_id("msg", rid, len(self.items)), "type": "message", "status": "in_progress",
+                    "role": "assistant", "content": []}  # fmt: skip
+            item = self.open = self._add("refusal", data, out)
+        elif item.kind == "message":
+            item.text = self._close_text(item, out)
+            item.parts = []
+            item.kind = "refusal"
+            self._open_refusal(item, 1, out)
+        out.append(self._delta(item, refusal))
+
     def _close(self, item: _Item, out: list[bytes]) -> None:
         rid = self.response["id"]
-        text = "".join(item.parts)
         common: dict[str, Any] = {"item_id": item.data["id"], "output_index": item.index}
         status = "incomplete" if self.finish_reason in ("length", "content_filter") else "completed"
         if item.kind == "message":
-            out.append(self._event("response.output_text.done",
-                                   {**common, "content_index": 0, "text": text, "logprobs": []}))  # fmt: skip
-            part = {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
-            out.append(self._event("response.content_part.done", {**common, "content_index": 0, "part": part}))
-            item.data = message_item(rid, item.index, text, None, status)
+            item.data = message_item(rid, item.index, self._close_text(item, out), None, status)
+            out.append(self._event("response.output_item.done",
+                                   {"output_index": item.index, "item": item.data}))  # fmt: skip
+            return
+        text = "".join(item.parts)
+        if item.kind == "refusal":
+            index = 1 if item.text else 0
+            out.append(self._event("response.refusal.done", {**common, "content_index": index, "refusal": text}))
+            part = {"type": "refusal", "refusal": text}
+            out.append(self._event("response.content_part.done", {**common, "content_index": index, "part": part}))
+            item.data = message_item(rid, item.index, item.text, text, status)
         elif item.kind == "reasoning":
             out.append(self._event("response.reasoning_summary_text.done",
                                    {**common, "summary_index": 0, "text": text}))  # fmt: skip
@@ -201,7 +246,6 @@ class StreamTranslator:
                 self.open = self._add("reasoning", data, out)
             if text:
                 out.append(self._delta(self.open, text))
-        content = content or delta.get("refusal")  # a refusal is shown as text
         if content and isinstance(content, str):
             if self.open is None or self.open.kind != "message":
                 if self.open is not None:
@@ -211,6 +255,9 @@ class StreamTranslator:
                         "role": "assistant", "content": []}  # fmt: skip
                 self.open = self._add("message", data, out)
             out.append(self._delta(self.open, content))
+        refusal = delta.get("refusal")
+        if refusal and isinstance(refusal, str):
+            self._refuse(refusal, out)
         for call in delta.get("tool_calls") or ():
             if not isinstance(call, dict):
                 continue
@@ -297,3 +344,70 @@ class StreamTranslator:
             yield error_event(err, self.seq)
         finally:
             await upstream.aclose()
+
+
+# ---------------------------------------------------------------- replay
+
+
+_TERMINAL = {"completed": "response.completed", "incomplete": "response.incomplete", "failed": "response.failed"}
+
+
+def replay(response: dict[str, Any], include_encrypted: bool, starting_after: int = -1) -> bytes:
+    """A stored response as the event stream that would have delivered it (one delta per
+    part), from the event after `starting_after`: `GET /v1/responses/{id}?stream=true`."""
+    shown = for_client(response, include_encrypted)
+    events: list[bytes] = []
+    seq = 0
+
+    def emit(kind: str, payload: dict[str, Any]) -> None:
+        nonlocal seq
+        if seq > starting_after:
+            events.append(sse(kind, {"type": kind, **payload, "sequence_number": seq}))
+        seq += 1
+
+    head = {**shown, "status": "in_progress", "output": [], "incomplete_details": None, "completed_at": None}
+    head.pop("usage", None)
+    emit("response.created", {"response": head})
+    emit("response.in_progress", {"response": head})
+    for index, item in enumerate(shown["output"]):
+        at = {"item_id": item["id"], "output_index": index}
+        kind = item["type"]
+        if kind == "message":
+            opened = {**item, "status": "in_progress", "content": []}
+            emit("response.output_item.added", {"output_index": index, "item": opened})
+            for ci, part in enumerate(item["content"]):
+                if part["type"] == "refusal":
+                    text = part["refusal"]
+                    emit("response.content_part.added", {**at, "content_index": ci,
+                                                         "part": {"type": "refusal", "refusal": ""}})  # fmt: skip
+                    if text:
+                        emit("response.refusal.delta", {**at, "content_index": ci, "delta": text})
+                    emit("response.refusal.done", {**at, "content_index": ci, "refusal": text})
+                else:
+                    text = part.get("text", "")
+                    empty = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
+                    emit("response.content_part.added", {**at, "content_index": ci, "part": empty})
+                    if text:
+                        emit("response.output_text.delta", {**at, "content_index": ci, "delta": text, "logprobs": []})
+                    emit("response.output_text.done", {**at, "content_index": ci, "text": text, "logprobs": []})
+                emit("response.content_part.done", {**at, "content_index": ci, "part": part})
+        elif kind == "reasoning":
+            opened = {"id": item["id"], "type": "reasoning", "summary": []}
+            emit("response.output_item.added", {"output_index": index, "item": opened})
+            for si, part in enumerate(item.get("summary") or ()):
+                text = part.get("text", "")
+                emit("response.reasoning_summary_part.added",
+                     {**at, "summary_index": si, "part": {"type": "summary_text", "text": ""}})  # fmt: skip
+                if text:
+                    emit("response.reasoning_summary_text.delta", {**at, "summary_index": si, "delta": text})
+                emit("response.reasoning_summary_text.done", {**at, "summary_index": si, "text": text})
+                emit("response.reasoning_summary_part.done", {**at, "summary_index": si, "part": part})
+        else:  # function_call
+            opened = {**item, "arguments": "", "status": "in_progress"}
+            emit("response.output_item.added", {"output_index": index, "item": opened})
+            if item["arguments"]:
+                emit("response.function_call_arguments.delta", {**at, "delta": item["arguments"]})
+            emit("response.function_call_arguments.done", {**at, "name": item["name"], "arguments": item["arguments"]})
+        emit("response.output_item.done", {"output_index": index, "item": item})
+    emit(_TERMINAL.get(shown["status"], "response.completed"), {"response": shown})
+    return b"".join(events)

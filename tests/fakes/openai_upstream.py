@@ -71,6 +71,7 @@ class Behaviour:
     gate: threading.Event | None = None  # hold the answer until the test sets it
     cached_tokens: int | None = None  # report usage.prompt_tokens_details.cached_tokens
     linger: float = 0.0  # seconds to hold a Responses stream open after its last event
+    refusal: str | None = None  # the model refuses (chat: `message.refusal`, `delta.refusal` in streams)
 
 
 _ERROR_DEFAULTS: dict[int, tuple[str, str | None, str]] = {
@@ -300,8 +301,8 @@ class FakeOpenAI:
             return await self._chat_stream(request, body, behaviour, cid, created, answer, tool_call, usage, finish)
         if behaviour.body is not None:
             return web.Response(body=behaviour.body, content_type="application/json")
-        message: dict[str, Any] = {"role": "assistant", "content": None if tool_call else answer,
-                                   "refusal": None, "annotations": []}
+        message: dict[str, Any] = {"role": "assistant", "content": None if tool_call or behaviour.refusal else answer,
+                                   "refusal": behaviour.refusal, "annotations": []}
         if tool_call:
             message["tool_calls"] = [tool_call]
         out = {
@@ -359,6 +360,10 @@ class FakeOpenAI:
             for i in range(0, len(args), 8):
                 events.append(chunk({"tool_calls": [{"index": 0, "function": {"arguments": args[i:i + 8]}}]}))
             events.append(chunk({}, "tool_calls"))
+        elif b.refusal is not None:
+            for i, word in enumerate(b.refusal.split(" ")):
+                events.append(chunk({"refusal": word if i == 0 else " " + word}))
+            events.append(chunk({}, finish))
         else:
             words = answer.split(" ") + ["and"] * (b.words or 0)
             for i, word in enumerate(words):
