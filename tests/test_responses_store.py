@@ -13,7 +13,7 @@ import openai
 import pytest
 from core_helpers import ENV, post_json, raw, wait_healthy
 from fakes.openai_upstream import FakeOpenAI
-from openapi_check import validate, validate_response
+from openapi_check import parse_response_stream, validate, validate_response, validate_response_stream
 from responses_helpers import CLIENT_KEY, OTHER_KEY, create, error_of, responses_config
 
 from proxy.testing import Gateway, RedisServer, free_port
@@ -47,6 +47,32 @@ def test_get_input_items_and_delete(gw: Gateway) -> None:
     assert deleted.status == 200 and deleted.json == {"id": r.id, "object": "response.deleted", "deleted": True}
     error_of(raw("GET", f"{gw.base_url}/responses/{r.id}"), 404)
     error_of(raw("DELETE", f"{gw.base_url}/responses/{r.id}"), 404)
+    client.close()
+
+
+def test_a_stored_response_streams_again_from_any_event(gw: Gateway, upstream: FakeOpenAI) -> None:
+    """`GET ?stream=true` replays the events that deliver the stored response; `starting_after`
+    resumes after a sequence number, as a client does after losing its connection."""
+    tool = {"type": "function", "name": "lookup", "parameters": {"type": "object", "properties": {}}}
+    first = create(gw, {"model": "chat-mini", "input": "hello again"})
+    called = create(gw, {"model": "chat-mini", "input": "use the tool please", "tools": [tool]})
+    assert called["output"][0]["type"] == "function_call"
+    client = openai.OpenAI(base_url=gw.base_url, api_key=CLIENT_KEY, max_retries=0)
+    for stored in (first, called):
+        resp = raw("GET", f"{gw.base_url}/responses/{stored['id']}?stream=true")
+        assert resp.status == 200 and (resp.header("content-type") or "").startswith("text/event-stream")
+        events = validate_response_stream(parse_response_stream(resp.body), terminal="response.completed")
+        assert events[-1]["response"] == stored
+        resumed = raw("GET", f"{gw.base_url}/responses/{stored['id']}?stream=true&starting_after=2")
+        assert parse_response_stream(resumed.body) == events[3:]
+        # The SDK's own reader: retrieve(stream=True).
+        with client.responses.retrieve(stored["id"], stream=True) as sdk_stream:
+            kinds = [event.type for event in sdk_stream]
+        assert kinds == [e["type"] for e in events]
+    deltas = [e["delta"] for e in events if e["type"] == "response.function_call_arguments.delta"]
+    assert deltas == [called["output"][0]["arguments"]]
+    error_of(raw("GET", f"{gw.base_url}/responses/{first['id']}?stream=true&starting_after=x"), 400)
+    error_of(raw("GET", f"{gw.base_url}/responses/{first['id']}?stream=true", key=OTHER_KEY), 404)
     client.close()
 
 

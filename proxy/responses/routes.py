@@ -7,6 +7,7 @@ it; a native one is forwarded to the provider that holds it, after the ownership
 
 from __future__ import annotations
 
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import orjson
@@ -19,6 +20,7 @@ from ..types import PASSTHROUGH, RESPONSES, Call, Reply, Target
 from .response import for_client
 from .session import ENCRYPTED, derived, plan, store_of
 from .store import Record
+from .stream import replay
 
 PREFIXES = ("/v1", "/openai/v1", "/openai")
 
@@ -94,9 +96,24 @@ class _Routes:
             await store_of(runtime).delete(response_id)
             return await self._json(request, call, {"id": response_id, "object": "response.deleted", "deleted": True})
         if request.query.get("stream", "").lower() == "true":
-            raise InvalidRequest("Streaming a stored response is not available for translated responses.",
-                                 param="stream", code="unsupported_parameter")  # fmt: skip
+            return await self._replay(request, call, record.response)
         return await self._json(request, call, for_client(record.response, _includes(request)))
+
+    async def _replay(self, request: web.Request, call: Call, response: dict[str, Any]) -> web.StreamResponse:
+        """The stored response's event stream again (after `starting_after`, when given)."""
+        after = request.query.get("starting_after")
+        try:
+            starting_after = -1 if after is None else int(after)
+        except ValueError:
+            raise InvalidRequest(f"Invalid 'starting_after': {after!r} is not an integer.",
+                                 param="starting_after") from None  # fmt: skip
+        body = replay(response, _includes(request), starting_after)
+
+        async def once() -> AsyncGenerator[bytes, None]:
+            yield body
+
+        call.stream = True
+        return await self.fwd._respond(request, call, Reply(stream=once(), content_type="text/event-stream"), None)
 
 
     async def input_items(self, request: web.Request, runtime: Runtime, call: Call) -> web.StreamResponse:
