@@ -17,7 +17,9 @@ API_KEY_ENV = "AWS_BEARER_TOKEN_BEDROCK"
 
 class BedrockOpenAIProvider(OpenAICompatibleProvider):
     supports_guardrails = True
-    responses = "native"  # Bedrock's OpenAI endpoint serves /v1/responses
+    # Translated onto chat/completions, which every Bedrock OpenAI endpoint serves; the
+    # Responses API itself only some endpoints have (Mantle): `responses: native` there.
+    responses = "translate"
 
     def __init__(self, name: str, options: Options) -> None:
         super().__init__(name, options)

@@ -77,6 +77,18 @@ def test_openai_endpoint_given_a_bare_origin_reaches_openai_v1(
     assert fake.requests[-1].raw_path == "/openai/v1/chat/completions"
 
 
+def test_openai_endpoint_translates_the_responses_api_unless_told_native(
+    fake: FakeBedrock, make_gateway: Callable[..., Gateway]
+) -> None:
+    """bedrock-runtime's /openai/v1 serves chat/completions, not /responses: translated by default."""
+    gw = make_gateway(config_yaml(fake.url))
+    with openai.OpenAI(base_url=gw.base_url, api_key=CLIENT_KEY, max_retries=0) as c:
+        r = c.responses.create(model="gpt-oss", input="hi", store=False)
+    assert r.output_text == "hello" and r.object == "response"
+    assert fake.requests[-1].raw_path == "/openai/v1/chat/completions"
+    assert _openai(region="us-east-1", responses="native").responses == "native"
+
+
 def test_converse_given_the_openai_base_url_reaches_converse(
     fake: FakeBedrock, make_gateway: Callable[..., Gateway]
 ) -> None:
