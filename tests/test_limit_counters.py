@@ -10,6 +10,7 @@ import uuid
 from collections.abc import AsyncIterator
 
 import pytest
+import redis
 
 from proxy.limits.redis import RedisCounters
 from proxy.limits.windows import NANO, Counters, MemoryCounters, ScopeCheck, ScopeEnd
@@ -183,3 +184,26 @@ async def test_one_batch_crosses_every_limit_of_a_scope_exactly(counters: Counte
     assert snap["reserved_usd"] == pytest.approx(1.0, abs=1e-8) and snap["concurrency"] == 0
     assert (await counters.snapshot(conc.prefix))["concurrency"] == 3
     assert (await counters.snapshot(both.prefix))["tokens"] == 900
+
+
+async def test_every_key_a_reservation_writes_expires_on_its_own(redis_server: RedisServer) -> None:
+    """Scopes nobody uses any more must not stay in Redis: each key written carries a TTL."""
+    store = RedisStore(redis_server.url)
+    counters = RedisCounters(store, window_ms=WINDOW)
+    shapes = [scope(rpm=5), scope(tpm=1000, tokens=10), scope(concurrency=5),
+              scope(budget=NANO, spent_key="m1", cost=NANO // 10)]  # fmt: skip
+    try:
+        verdicts = await asyncio.gather(*(counters.admit(f"e{i}{j}", [s], []) for i in range(3)
+                                          for j, s in enumerate(shapes)))  # fmt: skip
+        assert [v.status for v in verdicts] == [0] * 12
+    finally:
+        await counters.close()
+        await store.close()
+    client = redis.Redis.from_url(redis_server.url)
+    try:
+        for s in shapes:
+            keys = client.keys(f"relaygate:lim:{s.prefix}:*")
+            assert keys, s
+            assert all(client.pttl(k) > 0 for k in keys), {k: client.pttl(k) for k in keys}
+    finally:
+        client.close()

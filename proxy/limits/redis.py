@@ -103,7 +103,7 @@ local states = {}
 local function state(f)
   local p = f.p
   local s = states[p]
-  if not s then s = {spent = {}}; states[p] = s end
+  if not s then s = {spent = {}, kept = {}}; states[p] = s end
   if f.tpm > 0 and not s.tokens_read then
     local old = redis.call('ZRANGEBYSCORE', p .. 'w', '-inf', horizon)
     local freed, extra = 0, 0
@@ -203,6 +203,14 @@ local function check(f, s, index, rej)
   return ok
 end
 
+-- Push a key's expiry back, once per run (`s.kept` remembers which were).
+local function keep(s, key, ms)
+  if not s.kept[key] then
+    redis.call('PEXPIRE', key, ms)
+    s.kept[key] = true
+  end
+end
+
 -- Reserve in one scope; the keys' expiries are pushed back once per run, not per admission.
 local function take(f, s, rid)
   local p = f.p
@@ -219,28 +227,21 @@ local function take(f, s, rid)
         redis.call('HSET', p .. 'h', '@', now + 1000)
         s.refresh = now + 1000
       end
-    elseif not s.window_kept then
-      redis.call('PEXPIRE', p .. 'w', W + 2000)
-      s.window_kept = true
+    else
+      keep(s, p .. 'w', W + 2000)
     end
   end
   if f.conc > 0 then
     redis.call('ZADD', p .. 'c', now + LEASE, rid)
     s.inflight = s.inflight + 1
-    if not s.leases_kept then
-      redis.call('PEXPIRE', p .. 'c', LEASE + 1000)
-      s.leases_kept = true
-    end
+    keep(s, p .. 'c', LEASE + 1000)
   end
   if f.budget > 0 then
     s.reserved = s.reserved + f.cost
     redis.call('ZADD', p .. 'b', now + LEASE, rid)
     redis.call('HSET', p .. 'bh', rid, f.cost, '#', s.reserved)
-    if not s.budget_kept then
-      redis.call('PEXPIRE', p .. 'b', LEASE + 1000)
-      redis.call('PEXPIRE', p .. 'bh', LEASE + 1000)
-      s.budget_kept = true
-    end
+    keep(s, p .. 'b', LEASE + 1000)
+    keep(s, p .. 'bh', LEASE + 1000)
   end
 end
 
