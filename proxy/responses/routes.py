@@ -7,7 +7,6 @@ it; a native one is forwarded to the provider that holds it, after the ownership
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
 from typing import Any
 
 import orjson
@@ -107,13 +106,9 @@ class _Routes:
         except ValueError:
             raise InvalidRequest(f"Invalid 'starting_after': {after!r} is not an integer.",
                                  param="starting_after") from None  # fmt: skip
-        body = replay(response, _includes(request), starting_after)
-
-        async def once() -> AsyncGenerator[bytes, None]:
-            yield body
-
         call.stream = True
-        return await self.fwd._respond(request, call, Reply(stream=once(), content_type="text/event-stream"), None)
+        reply = Reply(body=replay(response, _includes(request), starting_after), content_type="text/event-stream")
+        return await self.fwd._respond(request, call, reply, None)
 
 
     async def input_items(self, request: web.Request, runtime: Runtime, call: Call) -> web.StreamResponse:

@@ -154,28 +154,31 @@ class StreamTranslator:
                            + orjson.dumps(item_id_) + b',"output_index":' + str(item.index).encode()
                            + b',"content_index":' + str(content_index).encode() + b',"delta":')  # fmt: skip
 
-    def _close_text(self, item: _Item, out: list[bytes]) -> str:
-        """Close a message's text part (content index 0): its done events; the text."""
-        text = "".join(item.parts)
+    def _close_text(self, item: _Item, text: str, out: list[bytes]) -> None:
+        """The done events of a message's text part (content index 0)."""
         common: dict[str, Any] = {"item_id": item.data["id"], "output_index": item.index, "content_index": 0}
         out.append(self._event("response.output_text.done", {**common, "text": text, "logprobs": []}))
         part = {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
         out.append(self._event("response.content_part.done", {**common, "part": part}))
-        return text
+
+    def _open_message(self, kind: str, out: list[bytes]) -> _Item:
+        """Close the open item and open a message whose first part is text or a refusal."""
+        if self.open is not None:
+            self._close(self.open, out)
+        data = {"id": item_id("msg", self.response["id"], len(self.items)), "type": "message",
+                "status": "in_progress", "role": "assistant", "content": []}  # fmt: skip
+        self.open = self._add(kind, data, out)
+        return self.open
 
     def _refuse(self, refusal: str, out: list[bytes]) -> None:
         """A refusal delta: into the open message's refusal part, opened after its text part
         if it has one (the order of a non-stream message's parts)."""
         item = self.open
         if item is None or item.kind not in ("message", "refusal"):
-            if item is not None:
-                self._close(item, out)
-            rid = self.response["id"]
-            data = {"id": item_id("msg", rid, len(self.items)), "type": "message", "status": "in_progress",
-                    "role": "assistant", "content": []}  # fmt: skip
-            item = self.open = self._add("refusal", data, out)
+            item = self._open_message("refusal", out)
         elif item.kind == "message":
-            item.text = self._close_text(item, out)
+            item.text = "".join(item.parts)
+            self._close_text(item, item.text, out)
             item.parts = []
             item.kind = "refusal"
             self._open_refusal(item, 1, out)
@@ -185,13 +188,11 @@ class StreamTranslator:
         rid = self.response["id"]
         common: dict[str, Any] = {"item_id": item.data["id"], "output_index": item.index}
         status = "incomplete" if self.finish_reason in ("length", "content_filter") else "completed"
-        if item.kind == "message":
-            item.data = message_item(rid, item.index, self._close_text(item, out), None, status)
-            out.append(self._event("response.output_item.done",
-                                   {"output_index": item.index, "item": item.data}))  # fmt: skip
-            return
         text = "".join(item.parts)
-        if item.kind == "refusal":
+        if item.kind == "message":
+            self._close_text(item, text, out)
+            item.data = message_item(rid, item.index, text, None, status)
+        elif item.kind == "refusal":
             index = 1 if item.text else 0
             out.append(self._event("response.refusal.done", {**common, "content_index": index, "refusal": text}))
             part = {"type": "refusal", "refusal": text}
@@ -247,14 +248,10 @@ class StreamTranslator:
             if text:
                 out.append(self._delta(self.open, text))
         if content and isinstance(content, str):
-            if self.open is None or self.open.kind != "message":
-                if self.open is not None:
-                    self._close(self.open, out)
-                n = len(self.items)
-                data = {"id": item_id("msg", rid, n), "type": "message", "status": "in_progress",
-                        "role": "assistant", "content": []}  # fmt: skip
-                self.open = self._add("message", data, out)
-            out.append(self._delta(self.open, content))
+            item = self.open
+            if item is None or item.kind != "message":
+                item = self._open_message("message", out)
+            out.append(self._delta(item, content))
         refusal = delta.get("refusal")
         if refusal and isinstance(refusal, str):
             self._refuse(refusal, out)
