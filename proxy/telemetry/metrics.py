@@ -132,10 +132,6 @@ class Metrics:
             self.retries.labels(name)
             self.breaker.labels(name)
 
-    def set_breaker(self, provider: str, is_open: bool) -> None:
-        """For the breaker: called when a provider's breaker opens or closes."""
-        self.breaker.labels(provider).set(1 if is_open else 0)
-
     def reloaded(self, ok: bool) -> None:
         self.reloads.labels(RELOAD_RESULTS[0] if ok else RELOAD_RESULTS[1]).inc()
 
